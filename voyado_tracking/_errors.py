@@ -1,0 +1,124 @@
+"""The exception tree of voyado_tracking.
+
+Every failure the library reports is one of these; aiohttp's exceptions are translated where
+aiohttp is called, so callers never import aiohttp to catch our failures::
+
+    VoyadoError
+    ├── InvalidEventError        (also a ValueError) a model field failed validation
+    ├── ApiError                 Voyado answered with a non-2xx status
+    │   ├── AuthenticationError  401 / 403: the API key is wrong or lacks rights
+    │   └── RateLimitError       429: too many requests (``retry_after`` when Voyado said)
+    ├── TransportError           timeout, refused or dropped connection, broken response
+    ├── BufferClosedError        the TrackingBuffer no longer accepts events
+    └── BufferFullError          the TrackingBuffer is at ``max_pending`` (overflow="raise")
+
+No message, attribute or repr carries the API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BufferClosedError",
+    "BufferFullError",
+    "InvalidEventError",
+    "RateLimitError",
+    "TransportError",
+    "VoyadoError",
+]
+
+MAX_BODY_CHARS = 1024
+_MAX_VALUE_CHARS = 60
+
+
+def shorten(value: object, limit: int = _MAX_VALUE_CHARS) -> str:
+    """A ``repr`` of *value* that never exceeds about *limit* characters."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"
+
+
+class VoyadoError(Exception):
+    """Base class of every error raised by voyado_tracking."""
+
+
+class InvalidEventError(VoyadoError, ValueError):
+    """An event (or one of its parts) is invalid; ``field`` names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[InvalidEventError], tuple[str, str]]:
+        return (type(self), (self.field, self.problem))
+
+
+class ApiError(VoyadoError):
+    """Voyado answered with a non-success status.
+
+    ``body`` holds the start of the response body (about 1 KB at most); ``retriable`` says
+    whether the same request may succeed later (408, 429 and 5xx other than 501).
+    """
+
+    def __init__(self, status: int, body: str = "", *, endpoint: str = "") -> None:
+        if len(body) > MAX_BODY_CHARS:
+            body = body[:MAX_BODY_CHARS] + "…"
+        self.status = status
+        self.body = body
+        self.endpoint = endpoint
+        where = f" from {endpoint}" if endpoint else ""
+        detail = f": {body}" if body else ""
+        super().__init__(f"HTTP {status}{where}{detail}")
+
+    @property
+    def retriable(self) -> bool:
+        return is_retriable_status(self.status)
+
+
+class AuthenticationError(ApiError):
+    """Voyado refused the API key (401 or 403). Never retried."""
+
+
+class RateLimitError(ApiError):
+    """Voyado answered 429. ``retry_after`` is the pause it asked for, in seconds, if any."""
+
+    def __init__(
+        self,
+        status: int = 429,
+        body: str = "",
+        *,
+        endpoint: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, body, endpoint=endpoint)
+        self.retry_after = retry_after
+
+
+class TransportError(VoyadoError):
+    """The request did not get an HTTP answer: timeout, connection refused or dropped."""
+
+    retriable = True
+
+
+class BufferClosedError(VoyadoError):
+    """The TrackingBuffer is closed (or closing) and takes no more events."""
+
+
+class BufferFullError(VoyadoError):
+    """The TrackingBuffer holds ``max_pending`` events and its overflow policy is "raise"."""
+
+
+def is_retriable_status(status: int) -> bool:
+    return status in (408, 429) or (500 <= status <= 599 and status != 501)
+
+
+def api_error(status: int, body: str, endpoint: str, retry_after: float | None) -> ApiError:
+    """The ApiError subclass for an HTTP status."""
+    if status in (401, 403):
+        return AuthenticationError(status, body, endpoint=endpoint)
+    if status == 429:
+        return RateLimitError(status, body, endpoint=endpoint, retry_after=retry_after)
+    return ApiError(status, body, endpoint=endpoint)

@@ -1,0 +1,153 @@
+"""Retry policy, backoff, ``Retry-After`` parsing and the two request gates of a client.
+
+Both gates are shared by everything that sends through one :class:`TrackingClient`, the
+buffer included:
+
+- :class:`RateLimitGate` is closed by a 429 for as long as Voyado asked (``Retry-After``) or
+  for a default pause, so concurrent callers stop together instead of each learning the same
+  lesson with its own 429.
+- :class:`TokenBucket` keeps requests/s under the configured rate before Voyado has to say
+  anything. It is a GCRA ("virtual scheduling") bucket: every caller reserves its slot
+  synchronously and then sleeps until it, so concurrent callers never race for tokens and
+  the burst is bounded by one second's worth of requests.
+
+Clocks and sleeps are injectable so that tests pin timing without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import attrs
+
+__all__ = ["RateLimitGate", "RetryPolicy", "TokenBucket", "parse_retry_after"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# Voyado's longest documented back-off is 300 s; a Retry-After beyond that is not trusted.
+MAX_RETRY_AFTER: Final = 300.0
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
+def _optional_positive(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)  # type: ignore[arg-type]
+
+
+def _attempts(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_attempts must be an int >= 1 or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how patiently to retry a request that failed in a retriable way.
+
+    ``max_attempts`` counts the first try (``1`` disables retries); ``None`` means "until
+    ``max_elapsed`` seconds have passed since the first try". The wait before retry *n* is a
+    full-jitter draw from ``[0, min(max_backoff, initial_backoff * 2**(n-1))]``, or the server's
+    ``Retry-After`` when that is longer.
+    """
+
+    max_attempts: int | None = attrs.field(default=3, validator=_attempts)
+    initial_backoff: float = attrs.field(default=0.2, validator=_positive)
+    max_backoff: float = attrs.field(default=5.0, validator=_positive)
+    max_elapsed: float | None = attrs.field(default=None, validator=_optional_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts is None and self.max_elapsed is None:
+            raise ValueError("max_attempts=None needs max_elapsed: retries must end")
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("max_backoff must be >= initial_backoff")
+
+    def backoff(self, retry: int, rng: Callable[[], float] = random.random) -> float:
+        """The wait before retry number *retry* (1 for the first retry)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * 2.0 ** min(retry - 1, 62))
+        return ceiling * rng()
+
+    def allows(self, attempts: int, elapsed: float, wait: float) -> bool:
+        """Whether another attempt may start after *attempts* tries and a *wait* more."""
+        if self.max_attempts is not None and attempts >= self.max_attempts:
+            return False
+        return self.max_elapsed is None or elapsed + wait <= self.max_elapsed
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            return None
+        seconds = moment.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class RateLimitGate:
+    """Closed after a 429 until the pause Voyado asked for has passed."""
+
+    __slots__ = ("_clock", "_sleep", "_until")
+
+    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self._until = max(self._until, self._clock() + min(seconds, MAX_RETRY_AFTER))
+
+    def remaining(self) -> float:
+        return max(0.0, self._until - self._clock())
+
+    async def wait(self) -> None:
+        # Loop: another 429 may extend the pause while we sleep.
+        while (delay := self.remaining()) > 0:
+            await self._sleep(delay)
+
+
+class TokenBucket:
+    """At most *rate* requests per second, bursts of at most one second's worth."""
+
+    __slots__ = ("_clock", "_interval", "_sleep", "_tat", "_tolerance")
+
+    def __init__(
+        self, rate: float, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self._interval = 1.0 / rate
+        self._tolerance = max(rate, 1.0) * self._interval - self._interval
+        self._clock = clock
+        self._sleep = sleep
+        self._tat = 0.0  # theoretical arrival time of the next conforming request
+
+    def reserve(self) -> float:
+        """Take the next slot; returns how long to wait for it."""
+        now = self._clock()
+        tat = max(self._tat, now)
+        self._tat = tat + self._interval
+        return max(0.0, tat - self._tolerance - now)
+
+    async def acquire(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await self._sleep(delay)

@@ -1,0 +1,183 @@
+"""The camelCase JSON wire format of Voyado's tracking endpoints.
+
+One cattrs converter, built once at import, turns models into wire dicts: field names renamed
+to camelCase by a hook factory, absent optional fields omitted (never ``null``), ``time`` in
+ISO 8601 with the event's own offset, and a cart's ``items`` always present (``[]`` for an
+emptied cart, which is what stops Engage's abandoned-cart mail). orjson makes the bytes.
+
+The way back (wire dict to model) is written by hand rather than left to cattrs: cattrs'
+primitive hooks coerce (``str(5)``, ``int("3")``), which would hide exactly the bad input we
+must report. Every problem becomes an :class:`InvalidEventError` naming the camelCase path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, Final, Literal, TypeVar, Union
+
+import attrs
+import cattrs
+import orjson
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from ._errors import InvalidEventError, shorten
+from ._models import Cart, CartItem, ProductView, Utm
+
+__all__ = [
+    "Event",
+    "EventType",
+    "dumps",
+    "event_from_wire",
+    "event_to_wire",
+    "line_to_event",
+    "event_to_line",
+    "loads",
+    "structure",
+]
+
+Event = Union[Cart, ProductView]
+EventType = Literal["cart", "product_view"]
+_E = TypeVar("_E", Cart, ProductView, CartItem, Utm)
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {"cart": Cart, "product_view": ProductView}
+TYPE_NAMES: Final[dict[type[Event], EventType]] = {Cart: "cart", ProductView: "product_view"}
+
+# Fields sent even when empty: an emptied cart must say so.
+_ALWAYS_SENT: Final = frozenset({(Cart, "items")})
+
+
+def camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+_converter = cattrs.Converter()
+# orjson writes aware datetimes as RFC 3339 with their own offset, faster than isoformat().
+_converter.register_unstructure_hook(datetime, lambda value: value)
+
+
+def _unstructure_factory(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    overrides = {
+        a.name: override(
+            rename=camel(a.name),
+            omit_if_default=(cls, a.name) not in _ALWAYS_SENT and a.default in (None, ()),
+        )
+        for a in attrs.fields(cls)
+    }
+    return make_dict_unstructure_fn(cls, _converter, **overrides)  # type: ignore[arg-type]
+
+
+_converter.register_unstructure_hook_factory(attrs.has, _unstructure_factory)
+
+_TO_WIRE: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
+    cls: _converter.get_unstructure_hook(cls) for cls in (Cart, ProductView)
+}
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """The camelCase wire dict of an event."""
+    return _TO_WIRE[type(event)](event)
+
+
+def dumps(events: Iterable[Event]) -> bytes:
+    """The JSON array body of a batch request."""
+    to_wire = _TO_WIRE
+    return orjson.dumps([to_wire[type(e)](e) for e in events])
+
+
+def dumps_one(event: Event) -> bytes:
+    return orjson.dumps(_TO_WIRE[type(event)](event))
+
+
+loads = orjson.loads
+
+# -- wire dict -> model --------------------------------------------------------------------
+
+_NESTED: Final[dict[tuple[type, str], type]] = {(Cart, "items"): CartItem, (ProductView, "utm"): Utm}
+# Voyado needs a cart's time to order its updates; "now" would be a silent guess on replay.
+_REQUIRED_ON_WIRE: Final = frozenset({(Cart, "time")})
+
+
+@attrs.frozen
+class _Spec:
+    fields: dict[str, tuple[str, type | None]]
+    required: tuple[str, ...]
+
+
+def _spec(cls: type) -> _Spec:
+    fields: dict[str, tuple[str, type | None]] = {}
+    required: list[str] = []
+    for a in attrs.fields(cls):
+        fields[camel(a.name)] = (a.name, _NESTED.get((cls, a.name)))
+        if a.default is attrs.NOTHING or (cls, a.name) in _REQUIRED_ON_WIRE:
+            required.append(camel(a.name))
+    return _Spec(fields, tuple(required))
+
+
+_SPECS: Final = {cls: _spec(cls) for cls in (Cart, ProductView, CartItem, Utm)}
+
+
+def _prefixed(path: str, error: InvalidEventError) -> InvalidEventError:
+    field = ".".join(camel(part) for part in error.field.split("."))
+    return InvalidEventError(f"{path}.{field}" if path else field, error.problem)
+
+
+def structure(cls: type[_E], data: object, path: str = "") -> _E:
+    """A validated model from its wire dict; any problem is an InvalidEventError."""
+    spec = _SPECS[cls]
+    if not isinstance(data, dict):
+        raise InvalidEventError(path or cls.__name__, f"must be a JSON object, got {shorten(data)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        entry = spec.fields.get(key)
+        if entry is None:
+            known = ", ".join(spec.fields)
+            where = f"{path}.{key}" if path else str(key)
+            raise InvalidEventError(where, f"is not a {cls.__name__} field (known: {known})")
+        if value is None:  # null means absent
+            continue
+        name, nested = entry
+        if nested is not None:
+            where = f"{path}.{key}" if path else key
+            if not isinstance(value, list):
+                raise InvalidEventError(where, f"must be a JSON array, got {shorten(value)}")
+            value = [structure(nested, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        kwargs[name] = value
+    for key in spec.required:
+        if spec.fields[key][0] not in kwargs:
+            raise InvalidEventError(f"{path}.{key}" if path else key, "is required")
+    try:
+        return cls(**kwargs)
+    except InvalidEventError as error:
+        raise _prefixed(path, error) from None
+
+
+def event_from_wire(kind: str, data: object) -> Event:
+    """A Cart or ProductView from its type name and wire dict."""
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise InvalidEventError("type", f"must be 'cart' or 'product_view', got {shorten(kind)}")
+    return structure(cls, data)
+
+
+# -- JSON Lines event files (the CLI's input and the buffer's spool) ------------------------
+
+
+def event_to_line(event: Event, **extra: str) -> bytes:
+    """One JSON Lines record: ``{"type": ..., "event": {...}, **extra}`` and a newline."""
+    record = {"type": TYPE_NAMES[type(event)], "event": event_to_wire(event), **extra}
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def line_to_event(line: bytes | str) -> Event:
+    """The event of one JSON Lines record; other keys are ignored."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise InvalidEventError("line", f"is not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict):
+        raise InvalidEventError("line", "must be a JSON object with 'type' and 'event'")
+    if "event" not in record:
+        raise InvalidEventError("event", "is required")
+    return event_from_wire(record.get("type"), record["event"])  # type: ignore[arg-type]

@@ -1,0 +1,346 @@
+"""FakeVoyado: a real aiohttp server on loopback that behaves like Voyado's tracking API.
+
+It checks what Voyado checks (``apikey``, ``User-Agent``, ``Content-Type``, the payload, with
+the same wire code as the client), keeps cart state by the latest instant of ``time`` per
+``cartReference``, records product views and requests, and injects faults on demand:
+
+- :meth:`FakeVoyado.script` queues exact responses for the next requests (``Fault``);
+- :meth:`FakeVoyado.chaos` draws faults at random, from a seed, for soak tests;
+- ``latency`` delays every answer; :meth:`hold` / :meth:`release` park requests;
+- ``reject_item_ids`` / ``reject_cart_references`` answer 400 to batches holding them.
+
+A fault that "drops" closes the connection without an answer; a "slow" one processes the
+request and then answers after a delay, which is how a client timeout duplicates events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import Counter, deque
+from types import TracebackType
+from typing import Any, Final
+
+import attrs
+import orjson
+from aiohttp import web
+
+from .._errors import InvalidEventError
+from .._models import Cart, ProductView
+from .._wire import structure
+
+__all__ = ["Chaos", "FakeVoyado", "Fault", "RecordedRequest"]
+
+CARTS: Final = "/api/v2/tracking/carts"
+CARTS_BATCH: Final = "/api/v2/tracking/carts/batch"
+PRODUCT_VIEW: Final = "/api/v2/tracking/productview"
+PRODUCT_VIEWS: Final = "/api/v2/tracking/productviews"
+_USER_AGENT = re.compile(r"\S+/\S+.*")
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """One scripted answer: a status (with ``Retry-After`` and body), or a dropped connection.
+
+    ``delay`` waits before answering. With ``process=True`` the request is applied first (the
+    events are stored) and the fault is answered afterwards, like a gateway that timed out
+    after the backend did the work.
+    """
+
+    status: int = 503
+    retry_after: str | float | None = None
+    body: str | bytes | None = None
+    content_type: str = "application/json"
+    delay: float = 0.0
+    drop: bool = False
+    process: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Chaos:
+    """Random faults for soak tests. Rates are probabilities per request."""
+
+    seed: int = 0
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503, 504)
+    rate_limit_rate: float = 0.0
+    retry_after: float = 0.05
+    drop_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_delay: float = 1.0
+
+
+@attrs.frozen
+class RecordedRequest:
+    """What the fake saw of one request. The API key itself is never stored."""
+
+    path: str
+    status: int
+    events: int
+    key_ok: bool
+    user_agent: str | None
+    content_type: str | None
+    body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+
+
+class FakeVoyado:
+    """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``."""
+
+    def __init__(
+        self, *, api_key: str = "test-api-key", host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._api_key = api_key
+        self.host = host
+        self.port = port
+        self.latency = 0.0
+        self.reject_item_ids: set[str] = set()
+        self.reject_cart_references: set[str] = set()
+        self.carts: dict[str, Cart] = {}
+        self.cart_updates: list[Cart] = []
+        self.product_views: list[ProductView] = []
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Fault] = deque()
+        self._chaos: Chaos | None = None
+        self._rng = random.Random(0)
+        self._open: asyncio.Event | None = None  # created on start, inside the loop
+        self._runner: web.AppRunner | None = None
+        self._faults_injected: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        where = self.url if self._runner else "not started"
+        return f"voyado_tracking.testing.FakeVoyado({where})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a TrackingClient, e.g. ``http://127.0.0.1:41234``."""
+        if self._runner is None:
+            raise RuntimeError("FakeVoyado is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        """The key this fake accepts (a test value, not a secret)."""
+        return self._api_key
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._open = asyncio.Event()
+        self._open.set()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post(CARTS, self._handle)
+        app.router.add_post(CARTS_BATCH, self._handle)
+        app.router.add_post(PRODUCT_VIEW, self._handle)
+        app.router.add_post(PRODUCT_VIEWS, self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if self._open is not None:
+            self._open.set()
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeVoyado:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- fault injection ----------------------------------------------------------------------
+
+    def script(self, *faults: Fault | int) -> None:
+        """Answer the next requests with these faults, in order (an int is a status)."""
+        self._script.extend(f if isinstance(f, Fault) else Fault(status=f) for f in faults)
+
+    def chaos(self, chaos: Chaos | None) -> None:
+        """Draw random faults for every request (``None`` stops them)."""
+        self._chaos = chaos
+        self._rng = random.Random(chaos.seed if chaos else 0)
+
+    def hold(self) -> None:
+        """Park every request (after recording its arrival) until :meth:`release`."""
+        if self._open is None:
+            raise RuntimeError("FakeVoyado is not started")
+        self._open.clear()
+
+    def release(self) -> None:
+        if self._open is not None:
+            self._open.set()
+
+    @property
+    def faults_injected(self) -> dict[str, int]:
+        """How many faults of each kind were answered so far."""
+        return dict(self._faults_injected)
+
+    # -- what was received ------------------------------------------------------------------
+
+    def product_view_counts(self) -> Counter[ProductView]:
+        """How often each distinct product view was received (retries can duplicate)."""
+        return Counter(self.product_views)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    def reset(self) -> None:
+        """Forget all state, faults and recorded requests."""
+        self.carts.clear()
+        self.cart_updates.clear()
+        self.product_views.clear()
+        self.requests.clear()
+        self._script.clear()
+        self._chaos = None
+        self.reject_item_ids.clear()
+        self.reject_cart_references.clear()
+        self.latency = 0.0
+        self._faults_injected.clear()
+
+    # -- the endpoints ------------------------------------------------------------------------
+
+    def _draw_fault(self) -> Fault | None:
+        if self._script:
+            return self._script.popleft()
+        chaos = self._chaos
+        if chaos is None:
+            return None
+        roll = self._rng.random()
+        if (roll := roll - chaos.error_rate) < 0:
+            return Fault(status=self._rng.choice(chaos.error_statuses))
+        if (roll := roll - chaos.rate_limit_rate) < 0:
+            return Fault(status=429, retry_after=chaos.retry_after)
+        if (roll := roll - chaos.drop_rate) < 0:
+            return Fault(drop=True)
+        if roll - chaos.slow_rate < 0:
+            return Fault(status=200, delay=chaos.slow_delay, process=True)
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        body = await request.read()
+        if self._open is not None and not self._open.is_set():
+            await self._open.wait()
+        fault = self._draw_fault()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+
+        status, payload, events = self._check(request, path, body)
+        if fault is not None and not fault.process:
+            return await self._answer_fault(request, path, body, fault, events)
+        if status == 200:
+            self._apply(events)
+        self._record(request, path, body, status, len(events) if status == 200 else 0)
+        if fault is not None:  # processed, then answered late (or with an error)
+            self._faults_injected["slow" if fault.status == 200 else f"{fault.status}"] += 1
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status != 200:
+                return self._fault_response(fault)
+        return web.Response(status=status, body=payload, content_type="application/json")
+
+    async def _answer_fault(
+        self, request: web.Request, path: str, body: bytes, fault: Fault, events: list[Any]
+    ) -> web.StreamResponse:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.drop:
+            self._faults_injected["drop"] += 1
+            self._record(request, path, body, 0, 0)
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # aiohttp treats this as a vanished connection
+        self._faults_injected[str(fault.status)] += 1
+        self._record(request, path, body, fault.status, 0)
+        return self._fault_response(fault)
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        body = fault.body if fault.body is not None else orjson.dumps({"error": "injected fault"})
+        return web.Response(
+            status=fault.status,
+            body=body.encode() if isinstance(body, str) else body,
+            headers=headers,
+            content_type=fault.content_type,
+        )
+
+    def _record(
+        self, request: web.Request, path: str, body: bytes, status: int, events: int
+    ) -> None:
+        self.requests.append(
+            RecordedRequest(
+                path=path,
+                status=status,
+                events=events,
+                key_ok=request.headers.get("apikey") == self._api_key,
+                user_agent=request.headers.get("User-Agent"),
+                content_type=request.headers.get("Content-Type"),
+                body=body,
+            )
+        )
+
+    def _check(
+        self, request: web.Request, path: str, body: bytes
+    ) -> tuple[int, bytes, list[Any]]:
+        """Status, error body and parsed events of a request, as Voyado would judge it."""
+        if request.headers.get("apikey") != self._api_key:
+            return 401, _error("missing or invalid apikey header"), []
+        if not _USER_AGENT.fullmatch(request.headers.get("User-Agent", "")):
+            return 400, _error("User-Agent header must look like 'System/Version'"), []
+        if request.content_type != "application/json":
+            return 500, _error("Content-Type must be application/json"), []
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 400, _error("body is not valid JSON"), []
+        kind: type[Cart] | type[ProductView] = Cart if path.startswith(CARTS) else ProductView
+        batch = path in (CARTS_BATCH, PRODUCT_VIEWS)
+        if batch and not isinstance(data, list):
+            return 400, _error("body must be a JSON array"), []
+        items = data if batch else [data]
+        events: list[Any] = []
+        for index, item in enumerate(items):
+            try:
+                event = structure(kind, item)
+            except InvalidEventError as error:
+                return 400, _error(str(error), index=index, field=error.field), []
+            if self._rejected(event):
+                return 400, _error("event rejected by the fake's reject list", index=index), []
+            events.append(event)
+        return 200, b"", events
+
+    def _rejected(self, event: Cart | ProductView) -> bool:
+        if isinstance(event, Cart):
+            return event.cart_reference in self.reject_cart_references
+        return event.item_id in self.reject_item_ids
+
+    def _apply(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, Cart):
+                self.cart_updates.append(event)
+                current = self.carts.get(event.cart_reference)
+                if current is None or event.time >= current.time:
+                    self.carts[event.cart_reference] = event
+            else:
+                self.product_views.append(event)
+
+
+def _error(message: str, **extra: object) -> bytes:
+    return orjson.dumps({"error": message, **extra})
