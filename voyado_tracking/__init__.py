@@ -3,6 +3,7 @@
 ``import voyado_tracking as vt``; everything public is listed in ``__all__``.
 """
 
+from ._buffer import BufferStats, TrackingBuffer
 from ._client import TrackingClient
 from ._errors import (
     ApiError,
@@ -16,6 +17,7 @@ from ._errors import (
 )
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
+from ._settings import FlushSettings
 from ._version import __version__
 
 __all__ = [
@@ -23,12 +25,15 @@ __all__ = [
     "AuthenticationError",
     "BufferClosedError",
     "BufferFullError",
+    "BufferStats",
     "Cart",
     "CartItem",
+    "FlushSettings",
     "InvalidEventError",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",
+    "TrackingBuffer",
     "TrackingClient",
     "TransportError",
     "Utm",

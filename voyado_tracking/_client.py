@@ -115,7 +115,11 @@ class TrackingClient:
             raise ValueError(
                 f"max_requests_per_second must be > 0 or None, got {max_requests_per_second!r}"
             )
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        if (
+            isinstance(max_batch_size, bool)
+            or not isinstance(max_batch_size, int)
+            or max_batch_size < 1
+        ):
             raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
         if retry is None:
             retry = RetryPolicy()
@@ -182,7 +186,7 @@ class TrackingClient:
             raise RuntimeError("this TrackingClient is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=None if self._verify_tls else False),
+                connector=aiohttp.TCPConnector(ssl=self._verify_tls),
                 timeout=self._timeout,
             )
         return self._session

@@ -34,7 +34,10 @@ _MAX_VALUE_CHARS = 60
 
 def shorten(value: object, limit: int = _MAX_VALUE_CHARS) -> str:
     """A ``repr`` of *value* that never exceeds about *limit* characters."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int too large for str() (sys.get_int_max_str_digits)
+        return f"<{type(value).__name__} too large to show>"
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} chars)"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -60,8 +60,7 @@ def _optional_text(_: Any, attribute: attrs.Attribute[Any], value: object) -> No
 
 
 def _contact_id(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    _check_text(attribute.name, value)
-    if not _GUID.fullmatch(value):  # type: ignore[arg-type]
+    if not _GUID.fullmatch(_check_text(attribute.name, value)):
         raise InvalidEventError(
             attribute.name, f"must be a GUID or a 22-character short GUID, got {shorten(value)}"
         )
@@ -70,8 +69,7 @@ def _contact_id(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
 def _language(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
-    _check_text(attribute.name, value)
-    if not _CULTURE.fullmatch(value):  # type: ignore[arg-type]
+    if not _CULTURE.fullmatch(_check_text(attribute.name, value)):
         raise InvalidEventError(
             attribute.name, f"must be a culture code such as 'sv-SE', got {shorten(value)}"
         )
@@ -96,12 +94,21 @@ def _quantity(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidEventError(attribute.name, f"must be an int, got {type(value).__name__}")
     if not 0 <= value <= MAX_QUANTITY:
-        raise InvalidEventError(attribute.name, f"must be between 0 and {MAX_QUANTITY}, got {value}")
+        raise InvalidEventError(
+            attribute.name, f"must be between 0 and {MAX_QUANTITY}, got {shorten(value)}"
+        )
 
 
 def _optional_bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, bool):
         raise InvalidEventError(attribute.name, f"must be a bool, got {type(value).__name__}")
+
+
+def _check_offset(field: str, offset: timedelta | None) -> None:
+    # The wire format (ISO 8601, "+02:00") has no seconds in offsets: orjson would round a
+    # sub-minute offset and silently move the event to another instant.
+    if offset is not None and offset % timedelta(minutes=1):
+        raise InvalidEventError(field, f"has a UTC offset of {offset}, not whole minutes")
 
 
 def parse_time(value: object, field: str = "time") -> datetime:
@@ -120,6 +127,7 @@ def parse_time(value: object, field: str = "time") -> datetime:
             raise InvalidEventError(
                 field, f"has no UTC offset (add one, e.g. 'Z' or '+02:00'): {shorten(value)}"
             )
+        _check_offset(field, parsed.utcoffset())
         return parsed
     if isinstance(value, datetime):
         try:
@@ -130,6 +138,7 @@ def parse_time(value: object, field: str = "time") -> datetime:
             raise InvalidEventError(
                 field, "must be timezone-aware (a naive datetime has no instant; add tzinfo)"
             )
+        _check_offset(field, offset)
         return value
     raise InvalidEventError(
         field, f"must be an aware datetime or an ISO 8601 string, got {type(value).__name__}"
@@ -143,21 +152,26 @@ def _utc_now() -> datetime:
 _T = TypeVar("_T")
 
 
-def _tuple_of(kind: type[_T], field: str) -> Any:
-    def convert(value: Iterable[_T]) -> tuple[_T, ...]:
-        if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+def _tuple_of(kind: type[_T], field: str, value: object) -> tuple[_T, ...]:
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidEventError(
+            field, f"must be an iterable of {kind.__name__}, got {type(value).__name__}"
+        )
+    result = tuple(value)
+    for index, element in enumerate(result):
+        if not isinstance(element, kind):
             raise InvalidEventError(
-                field, f"must be an iterable of {kind.__name__}, got {type(value).__name__}"
+                f"{field}[{index}]", f"must be a {kind.__name__}, got {type(element).__name__}"
             )
-        result = tuple(value)
-        for index, element in enumerate(result):
-            if not isinstance(element, kind):
-                raise InvalidEventError(
-                    f"{field}[{index}]", f"must be a {kind.__name__}, got {type(element).__name__}"
-                )
-        return result
+    return result
 
-    return convert
+
+def _items(value: Iterable[CartItem]) -> tuple[CartItem, ...]:
+    return _tuple_of(CartItem, "items", value)
+
+
+def _utms(value: Iterable[Utm]) -> tuple[Utm, ...]:
+    return _tuple_of(Utm, "utm", value)
 
 
 @attrs.frozen
@@ -179,7 +193,7 @@ class Cart:
     cart_reference: str = attrs.field(validator=_text)
     contact_id: str = attrs.field(validator=_contact_id)
     items: tuple[CartItem, ...] = attrs.field(
-        default=(), converter=_tuple_of(CartItem, "items")
+        default=(), converter=_items
     )
     time: datetime = attrs.field(factory=_utc_now, converter=parse_time)
     language: str | None = attrs.field(default=None, validator=_language)
@@ -211,4 +225,4 @@ class ProductView:
     language: str | None = attrs.field(default=None, validator=_language)
     url: str | None = attrs.field(default=None, validator=_url)
     external_referrer: str | None = attrs.field(default=None, validator=_url)
-    utm: tuple[Utm, ...] = attrs.field(default=(), converter=_tuple_of(Utm, "utm"))
+    utm: tuple[Utm, ...] = attrs.field(default=(), converter=_utms)

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -34,17 +34,17 @@ Sleep = Callable[[float], Awaitable[None]]
 MAX_RETRY_AFTER: Final = 300.0
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
 
 
-def _optional_positive(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
-        _positive(instance, attribute, value)  # type: ignore[arg-type]
+        _positive(instance, attribute, value)
 
 
-def _attempts(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+def _attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

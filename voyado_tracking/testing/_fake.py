@@ -140,9 +140,7 @@ class FakeVoyado:
         site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5)
         await site.start()
         self._runner = runner
-        server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = runner.addresses[0][1]
 
     async def close(self) -> None:
         runner, self._runner = self._runner, None

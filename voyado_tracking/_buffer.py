@@ -1,0 +1,880 @@
+"""TrackingBuffer: fire-and-forget events, collapsed, batched and delivered in the background.
+
+Three layers, split the way aiokafka splits its producer:
+
+``PendingStore``
+    Pure and synchronous: the pending carts (an ordered map keyed by ``cart_reference``, so
+    an update replaces the pending one in place) and product views (a FIFO), the collapse and
+    merge rule, the memory bound and overflow policies, thresholds and deadlines, and the event
+    accounting behind ``stats``. It is driven with an explicit ``now``, so every rule is
+    unit-testable without an event loop or a clock.
+``_Flusher``
+    The background task that owns the I/O. It sleeps on one wake-up event with the next
+    deadline as timeout ("size or time"), takes due batches from the store, and delivers them
+    through the client's single-attempt path, at most ``max_concurrent_requests`` at a time.
+    A retriable failure puts the batch back at the head of its stream and holds the stream
+    for a backoff; a rejected batch (400/413/422) is bisected until the bad event is alone.
+``TrackingBuffer``
+    The thin facade: binds to one event loop, validates the type of what is enqueued, starts
+    the flusher lazily, and runs the bounded shutdown (drain, then spool or count as dropped).
+
+Accounting invariant (checked by the tests): every event ``enqueued`` ends up exactly once as
+``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is still pending or
+in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Union
+
+import attrs
+import orjson
+
+from ._client import CARTS_BATCH, PRODUCT_VIEWS, TrackingClient
+from ._errors import (
+    ApiError,
+    AuthenticationError,
+    BufferClosedError,
+    BufferFullError,
+    RateLimitError,
+    VoyadoError,
+)
+from ._models import Cart, ProductView
+from ._settings import FlushSettings
+from ._wire import _TO_WIRE, Event, event_to_line, size_hint
+
+__all__ = ["BufferStats", "PendingStore", "TrackingBuffer"]
+
+log = logging.getLogger("voyado_tracking")
+
+Kind = Literal["carts", "product_views"]
+OnDrop = Callable[[Event], Any] | Callable[[Any, str], Any]
+DropReason = Literal["overflow", "shutdown"]
+_REJECTED: Final = frozenset({400, 413, 422})
+_LOG_EVERY: Final = 10.0  # seconds between two warnings of the same kind
+_CANCEL_GRACE: Final = 1.0  # seconds for cancelled sends to hand their events back
+
+# Bumped in a forked child: a buffer must never be used across fork (its loop, task and
+# sockets belong to the parent).
+_fork_generation = 0
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+@attrs.frozen
+class BufferStats:
+    """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``)."""
+
+    enqueued: int
+    collapsed: int
+    sent: int
+    requests: int
+    retries: int
+    dropped: int
+    dead_lettered: int
+    spooled: int
+    pending_carts: int
+    pending_product_views: int
+    in_flight: int
+
+
+@attrs.define
+class _Batch:
+    kind: Kind
+    events: list[Event]
+    first_at: float  # arrival of its oldest event, kept if it goes back to the queue
+
+
+# One request's worth of a batch: its events and, when already encoded, its body.
+_Chunk = tuple[list[Event], Union[bytes, None]]  # noqa: UP007 (runtime alias, Python 3.10)
+
+
+class PendingStore:
+    """The pending events of one buffer. Pure: no I/O, no loop, time passed in as ``now``."""
+
+    def __init__(
+        self,
+        settings: FlushSettings,
+        on_drop: Callable[[Event, DropReason], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._on_drop = on_drop
+        # cart_reference -> [cart, first arrival]; the arrival stays when an update replaces it
+        self.carts: OrderedDict[str, list[Any]] = OrderedDict()
+        self.cart_bytes = 0
+        self.views: deque[ProductView] = deque()
+        self.view_times: deque[float] = deque()
+        self.view_bytes = 0
+        self.in_flight = 0
+        self.enqueued = 0
+        self.collapsed = 0
+        self.sent = 0
+        self.dropped = 0
+        self.dead_lettered = 0
+        self.spooled = 0
+
+    # -- intake ---------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Events counted against ``max_pending``: pending, in flight and retrying."""
+        return len(self.carts) + len(self.views) + self.in_flight
+
+    def add(self, event: Event, now: float) -> bool:
+        """Take an event; True when the flusher should wake up (new stream or threshold)."""
+        if type(event) is ProductView:
+            return self.add_view(event, now)
+        return self.add_cart(event, now)  # type: ignore[arg-type]
+
+    def add_view(self, view: ProductView, now: float) -> bool:
+        if self.held >= self.settings.max_pending and not self._make_room(view):
+            return False
+        self.enqueued += 1
+        views = self.views
+        views.append(view)
+        self.view_times.append(now)
+        self.view_bytes += size_hint(view)
+        n = len(views)
+        return (
+            n == 1
+            or n == self.settings.max_batch_size
+            or self.view_bytes >= self.settings.max_batch_bytes
+        )
+
+    def add_cart(self, cart: Cart, now: float) -> bool:
+        entry = self.carts.get(cart.cart_reference)
+        if entry is not None:
+            # An update of a pending cart: never overflow, only the latest instant survives.
+            self.enqueued += 1
+            self.collapsed += 1
+            if cart.time >= entry[0].time:
+                self.cart_bytes += size_hint(cart) - size_hint(entry[0])
+                entry[0] = cart
+            return False
+        if self.held >= self.settings.max_pending and not self._make_room(cart):
+            return False
+        self.enqueued += 1
+        self.carts[cart.cart_reference] = [cart, now]
+        self.cart_bytes += size_hint(cart)
+        n = len(self.carts)
+        return (
+            n == 1
+            or n == self.settings.max_batch_size
+            or self.cart_bytes >= self.settings.max_batch_bytes
+        )
+
+    def _make_room(self, incoming: Event) -> bool:
+        """Apply the overflow policy; False when *incoming* itself is dropped."""
+        policy = self.settings.overflow
+        if policy == "raise":
+            raise BufferFullError(
+                f"the buffer holds max_pending={self.settings.max_pending} events"
+            )
+        if policy == "drop_oldest" and (self.carts or self.views):
+            self._drop(self._pop_oldest(), "overflow")
+            return True
+        # drop_newest, or drop_oldest with everything in flight (never dropped)
+        self.enqueued += 1
+        self._drop(incoming, "overflow")
+        return False
+
+    def _pop_oldest(self) -> Event:
+        if self.carts and (
+            not self.views or next(iter(self.carts.values()))[1] <= self.view_times[0]
+        ):
+            _, (cart, _) = self.carts.popitem(last=False)
+            self.cart_bytes -= size_hint(cart)
+            return cart  # type: ignore[no-any-return]
+        self.view_times.popleft()
+        view = self.views.popleft()
+        self.view_bytes -= size_hint(view)
+        return view
+
+    def _drop(self, event: Event, reason: DropReason) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop(event, reason)
+
+    # -- thresholds -------------------------------------------------------------------------
+
+    def oldest(self, kind: Kind) -> float | None:
+        """Arrival time of the oldest pending event of a stream."""
+        if kind == "carts":
+            return next(iter(self.carts.values()))[1] if self.carts else None
+        return self.view_times[0] if self.view_times else None
+
+    def count(self, kind: Kind) -> int:
+        return len(self.carts) if kind == "carts" else len(self.views)
+
+    def due(self, kind: Kind, now: float, force: bool = False) -> bool:
+        """Whether a stream should be flushed now: size, bytes, age, or forced."""
+        oldest = self.oldest(kind)
+        if oldest is None:
+            return False
+        if force or now - oldest >= self.settings.flush_interval:
+            return True
+        if kind == "carts":
+            return (
+                len(self.carts) >= self.settings.max_batch_size
+                or self.cart_bytes >= self.settings.max_batch_bytes
+            )
+        return (
+            len(self.views) >= self.settings.max_batch_size
+            or self.view_bytes >= self.settings.max_batch_bytes
+        )
+
+    def deadline(self, kind: Kind) -> float | None:
+        """When the stream's oldest event will have waited ``flush_interval``."""
+        oldest = self.oldest(kind)
+        return None if oldest is None else oldest + self.settings.flush_interval
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def take(self, kind: Kind) -> _Batch:
+        """Remove up to ``max_batch_size`` of the oldest events of a stream (now in flight)."""
+        limit = self.settings.max_batch_size
+        first_at = self.oldest(kind)
+        assert first_at is not None, "take() from an empty stream"
+        events: list[Event] = []
+        if kind == "carts":
+            carts = self.carts
+            while carts and len(events) < limit:
+                _, (cart, _) = carts.popitem(last=False)
+                self.cart_bytes -= size_hint(cart)
+                events.append(cart)
+            if not carts:
+                self.cart_bytes = 0
+        else:
+            views, times = self.views, self.view_times
+            count = min(limit, len(views))
+            for _ in range(count):
+                view = views.popleft()
+                self.view_bytes -= size_hint(view)
+                events.append(view)
+                times.popleft()
+            if not views:
+                self.view_bytes = 0
+        self.in_flight += len(events)
+        return _Batch(kind, events, first_at)
+
+    def requeue(self, batch: _Batch) -> None:
+        """Put a failed batch back at the head of its stream.
+
+        Carts merge by the collapse rule: a pending update at least as new as the failed one
+        wins (the failed one counts as collapsed); otherwise the failed one replaces it.
+        """
+        self.in_flight -= len(batch.events)
+        if batch.kind == "product_views":
+            self.views.extendleft(reversed(batch.events))  # type: ignore[arg-type]
+            self.view_times.extendleft([batch.first_at] * len(batch.events))
+            self.view_bytes += sum(size_hint(e) for e in batch.events)
+            return
+        for cart in reversed(batch.events):
+            assert isinstance(cart, Cart)
+            entry = self.carts.get(cart.cart_reference)
+            if entry is None:
+                self.carts[cart.cart_reference] = [cart, batch.first_at]
+                self.carts.move_to_end(cart.cart_reference, last=False)
+                self.cart_bytes += size_hint(cart)
+            else:
+                self.collapsed += 1
+                if cart.time > entry[0].time:
+                    self.cart_bytes += size_hint(cart) - size_hint(entry[0])
+                    entry[0] = cart
+                entry[1] = min(entry[1], batch.first_at)
+                self.carts.move_to_end(cart.cart_reference, last=False)
+
+    def resolved(self, count: int, outcome: Literal["sent", "dead_lettered"]) -> None:
+        """*count* in-flight events left the buffer."""
+        self.in_flight -= count
+        if outcome == "sent":
+            self.sent += count
+        else:
+            self.dead_lettered += count
+
+    def drain(self) -> list[Event]:
+        """Remove and return every pending event, oldest stream entries first."""
+        events: list[Event] = [entry[0] for entry in self.carts.values()]
+        events.extend(self.views)
+        self.carts.clear()
+        self.views.clear()
+        self.view_times.clear()
+        self.cart_bytes = self.view_bytes = 0
+        return events
+
+    def outstanding(self) -> int:
+        return len(self.carts) + len(self.views) + self.in_flight
+
+
+class _RateLimitedLog:
+    """One warning per kind of failure every ``_LOG_EVERY`` seconds, with a count of the rest."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -_LOG_EVERY) >= _LOG_EVERY:
+            suppressed = self._suppressed.pop(key, 0)
+            suffix = f" ({suppressed} similar since the last warning)" if suppressed else ""
+            self._last[key] = now
+            log.warning(message + suffix, *args)
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            log.debug(message, *args)
+
+
+class _RetryState:
+    """The retry budget of one stream: consecutive failures since its last success."""
+
+    __slots__ = ("attempts", "first_failure", "hold_until")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.first_failure = 0.0
+        self.hold_until = 0.0
+
+    def reset(self) -> None:
+        self.attempts = 0
+        self.hold_until = 0.0
+
+
+class _Retry(Exception):
+    """The unresolved rest of a batch must go back to the queue after a backoff."""
+
+    def __init__(self, error: VoyadoError) -> None:
+        self.error = error
+
+
+_KINDS: Final[tuple[Kind, Kind]] = ("carts", "product_views")
+_PATHS: Final[dict[Kind, str]] = {"carts": CARTS_BATCH, "product_views": PRODUCT_VIEWS}
+
+
+class TrackingBuffer:
+    """Fire-and-forget delivery of cart updates and product views.
+
+    ``enqueue(event)`` returns at once; a background task collapses cart updates per
+    ``cart_reference``, batches, retries and delivers through *client*. Close it with
+    ``await aclose()`` or ``async with``: that drains within ``shutdown_timeout`` and spools
+    the rest to ``spool_path`` (JSON Lines) if given.
+
+    ``on_drop(event, reason)`` is called for each dropped event (reason ``"overflow"`` or
+    ``"shutdown"``); ``on_dead_letter(event, error)`` for each event Voyado rejected or that
+    exhausted the retry budget. Both run on the event loop and must not block.
+    """
+
+    def __init__(
+        self,
+        client: TrackingClient,
+        settings: FlushSettings | None = None,
+        *,
+        on_drop: Callable[[Event, str], object] | None = None,
+        on_dead_letter: Callable[[Event, VoyadoError], object] | None = None,
+        spool_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not isinstance(client, TrackingClient):
+            raise TypeError(f"client must be a TrackingClient, got {type(client).__name__}")
+        if settings is None:
+            settings = FlushSettings()
+        elif not isinstance(settings, FlushSettings):
+            raise TypeError(f"settings must be a FlushSettings, got {type(settings).__name__}")
+        self.client = client
+        self.settings = settings
+        self.spool_path = Path(spool_path) if spool_path is not None else None
+        self._on_drop_cb = on_drop
+        self._on_dead_letter_cb = on_dead_letter
+        self._store = PendingStore(settings, self._dropped)
+        self._clock = time.monotonic
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fork_generation = _fork_generation
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._sends: dict[asyncio.Task[None], tuple[_Batch, deque[_Chunk]]] = {}
+        self._retry_state = {kind: _RetryState() for kind in _KINDS}
+        self._forcing = 0
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+        self._requests = 0
+        self._retries = 0
+        self._crashes = 0
+        self._log = _RateLimitedLog()
+        with contextlib.suppress(RuntimeError):  # else bound on first use inside a loop
+            self._bind(asyncio.get_running_loop())
+
+    def __repr__(self) -> str:
+        s = self._store
+        state = "closed" if self._closing else "open"
+        return (
+            f"<voyado_tracking.TrackingBuffer {state} pending_carts={len(s.carts)} "
+            f"pending_product_views={len(s.views)} in_flight={s.in_flight}>"
+        )
+
+    # -- intake -----------------------------------------------------------------------------
+
+    def enqueue(self, event: Event) -> None:
+        """Queue a Cart or ProductView for delivery. Synchronous, O(1), never blocks.
+
+        Raises :class:`BufferClosedError` after close, :class:`BufferFullError` when full with
+        ``overflow="raise"``, ``TypeError`` for anything that is not an event.
+        """
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
+        if asyncio._get_running_loop() is not self._loop or self._flusher is None:
+            self._ensure_running()
+        if self._fork_generation != _fork_generation:
+            raise RuntimeError("a TrackingBuffer cannot be used in a forked child process")
+        kind = type(event)
+        if kind is not ProductView and kind is not Cart:
+            raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
+        if self._store.add(event, self._clock()):
+            self._wake.set()  # type: ignore[union-attr]
+
+    def enqueue_threadsafe(self, event: Event) -> concurrent.futures.Future[None]:
+        """Queue an event from another thread; the future holds the outcome of ``enqueue``."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(
+                "the buffer is not bound to an event loop yet: create it, or enqueue once, "
+                "inside the loop that runs it"
+            )
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def enqueue_in_loop() -> None:
+            try:
+                self.enqueue(event)
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+
+        loop.call_soon_threadsafe(enqueue_in_loop)
+        return future
+
+    async def put(self, event: Event, timeout: float | None = None) -> None:
+        """Queue an event, waiting while the buffer is full (for bulk producers).
+
+        Raises :class:`BufferFullError` if there is still no room after *timeout* seconds.
+        """
+        self._ensure_running()
+        store = self._store
+        deadline = None if timeout is None else self._clock() + timeout
+
+        def has_room() -> bool:
+            if self._closing:
+                return True  # let enqueue raise BufferClosedError
+            if isinstance(event, Cart) and event.cart_reference in store.carts:
+                return True
+            return store.held < self.settings.max_pending
+
+        try:
+            await self._wait_until(has_room, deadline)
+        except TimeoutError:
+            raise BufferFullError(f"no room in the buffer after {timeout:g} s") from None
+        self.enqueue(event)
+
+    @property
+    def stats(self) -> BufferStats:
+        s = self._store
+        return BufferStats(
+            enqueued=s.enqueued,
+            collapsed=s.collapsed,
+            sent=s.sent,
+            requests=self._requests,
+            retries=self._retries,
+            dropped=s.dropped,
+            dead_lettered=s.dead_lettered,
+            spooled=s.spooled,
+            pending_carts=len(s.carts),
+            pending_product_views=len(s.views),
+            in_flight=s.in_flight,
+        )
+
+    # -- flush and close --------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Deliver everything enqueued before the call, ignoring the flush thresholds.
+
+        Returns once those events are sent, dead-lettered or dropped; raises ``TimeoutError``
+        if that takes longer than *timeout* seconds (they stay queued).
+        """
+        self._ensure_running()
+        store = self._store
+        mark = store.enqueued
+        deadline = None if timeout is None else self._clock() + timeout
+
+        def done() -> bool:
+            # Every event enqueued so far is resolved or outstanding; those before the mark are
+            # resolved once the resolved count reaches it (exact unless retries reorder).
+            return store.enqueued - store.outstanding() >= mark or store.outstanding() == 0
+
+        self._forcing += 1
+        self._wake.set()  # type: ignore[union-attr]
+        try:
+            await self._wait_until(done, deadline)
+        finally:
+            self._forcing -= 1
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop intake, deliver what is queued within *timeout* seconds, spool the rest.
+
+        ``timeout`` defaults to ``settings.shutdown_timeout``. Never waits much past it;
+        idempotent (a second call waits for the first).
+        """
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closing = True
+        if self._loop is None:  # never used: nothing to drain
+            self._closed = asyncio.get_running_loop().create_future()
+            self._closed.set_result(None)
+            return
+        self._closed = self._loop.create_future()
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = self._clock() + max(0.0, timeout)
+        try:
+            if self._store.outstanding():
+                self._ensure_flusher()
+                self._forcing += 1
+                self._wake.set()  # type: ignore[union-attr]
+                with contextlib.suppress(TimeoutError):
+                    await self._wait_until(lambda: self._store.outstanding() == 0, deadline)
+        finally:
+            await self._stop_tasks()
+            self._dispose(self._store.drain())
+            self._closed.set_result(None)
+
+    async def __aenter__(self) -> TrackingBuffer:
+        self._ensure_running()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None and not getattr(self, "_closing", True) and store.outstanding():
+            _warn(
+                f"TrackingBuffer garbage-collected with {store.outstanding()} undelivered "
+                "events; close it with 'await buffer.aclose()'",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    # -- internals: loop binding and tasks --------------------------------------------------
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+
+    def _ensure_running(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "TrackingBuffer.enqueue() needs a running event loop; from another thread "
+                "use enqueue_threadsafe()"
+            ) from None
+        if self._loop is None:
+            self._bind(loop)
+        elif loop is not self._loop:
+            raise RuntimeError("this TrackingBuffer belongs to another event loop")
+        if self._closing:
+            raise BufferClosedError("the buffer is closed")
+        self._ensure_flusher()
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            task = asyncio.get_running_loop().create_task(
+                self._run(), name="voyado_tracking flusher"
+            )
+            task.add_done_callback(self._flusher_done)
+            self._flusher = task
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        self._flusher = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # Events stay in the store; the next enqueue, flush or close restarts the flusher.
+            self._crashes += 1
+            log.error("the TrackingBuffer flusher crashed; restarting on next use",
+                      exc_info=error)
+            if not self._closing and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon(self._restart_flusher)
+
+    def _restart_flusher(self) -> None:
+        if not self._closing and self._flusher is None:
+            self._ensure_flusher()
+            self._wake.set()  # type: ignore[union-attr]
+
+    async def _wait_until(self, condition: Callable[[], bool], deadline: float | None) -> None:
+        progress = self._progress
+        assert progress is not None
+        while not condition():
+            if self._flusher is None and not self._closing:
+                self._ensure_flusher()
+            progress.clear()
+            if deadline is None:
+                await progress.wait()
+                continue
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TimeoutError
+            try:
+                await asyncio.wait_for(progress.wait(), remaining)
+            except asyncio.TimeoutError:
+                if not condition():
+                    raise TimeoutError from None
+
+    async def _stop_tasks(self) -> None:
+        tasks = [t for t in (self._flusher, *self._sends) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Cancelled sends put their events back in the store; give them a moment.
+            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        for batch, todo in list(self._sends.values()):
+            # Still not finished: take their events now; the task finds its todo empty.
+            self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
+
+    def _dispose(self, events: list[Event]) -> None:
+        """Spool (or count as dropped) what is left at shutdown."""
+        if not events:
+            return
+        store = self._store
+        if self.spool_path is not None:
+            try:
+                with open(self.spool_path, "ab") as spool:
+                    spool.writelines(event_to_line(e, reason="shutdown") for e in events)
+            except OSError as error:
+                log.error("could not write %d events to the spool file: %s", len(events), error)
+            else:
+                store.spooled += len(events)
+                log.warning("spooled %d undelivered events to %s", len(events), self.spool_path)
+                return
+        for event in events:
+            store._drop(event, "shutdown")
+        log.warning(
+            "dropped %d undelivered events at shutdown (set spool_path to keep them)",
+            len(events),
+        )
+
+    # -- internals: callbacks ---------------------------------------------------------------
+
+    def _dropped(self, event: Event, reason: DropReason) -> None:
+        if self._on_drop_cb is not None:
+            try:
+                self._on_drop_cb(event, reason)
+            except Exception:
+                log.exception("on_drop callback failed")
+
+    def _dead_letter(self, events: list[Event], error: VoyadoError) -> None:
+        self._store.resolved(len(events), "dead_lettered")
+        self._log.warning(
+            f"dead:{type(error).__name__}", "dead-lettered %d event(s): %s", len(events), error
+        )
+        if self._on_dead_letter_cb is not None:
+            for event in events:
+                try:
+                    self._on_dead_letter_cb(event, error)
+                except Exception:
+                    log.exception("on_dead_letter callback failed")
+
+    # -- internals: the flusher -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        store, wake = self._store, self._wake
+        assert wake is not None
+        limit = self.settings.max_concurrent_requests
+        while True:
+            now = self._clock()
+            force = self._forcing > 0
+            for kind in _KINDS:
+                hold = self._retry_state[kind].hold_until
+                while len(self._sends) < limit and now >= hold and store.due(kind, now, force):
+                    self._start_send(store.take(kind))
+            wake.clear()
+            await self._sleep_until_next(now, limit)
+
+    async def _sleep_until_next(self, now: float, limit: int) -> None:
+        wake = self._wake
+        assert wake is not None
+        if len(self._sends) >= limit:
+            await wake.wait()  # a finished send sets it
+            return
+        deadlines = []
+        for kind in _KINDS:
+            if not self._store.count(kind):
+                continue
+            due_at = self._store.deadline(kind)
+            if self._forcing:
+                due_at = now
+            deadlines.append(max(due_at or now, self._retry_state[kind].hold_until))
+        if not deadlines:
+            await wake.wait()
+            return
+        delay = min(deadlines) - now
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+
+    def _start_send(self, batch: _Batch) -> None:
+        todo = deque(_chunks(batch.events, self.settings.max_batch_bytes))
+        task = asyncio.get_running_loop().create_task(self._deliver(batch, todo))
+        self._sends[task] = (batch, todo)
+        task.add_done_callback(self._send_done)
+
+    def _send_done(self, task: asyncio.Task[None]) -> None:
+        self._sends.pop(task, None)
+        if self._wake is not None:
+            self._wake.set()
+        if self._progress is not None:
+            self._progress.set()
+
+    async def _deliver(self, batch: _Batch, todo: deque[_Chunk]) -> None:
+        """Send a batch, bisecting rejected chunks; the events not yet resolved stay in *todo*.
+
+        Whatever way this ends, each event of the batch is sent, dead-lettered, or back in the
+        store: nothing vanishes.
+        """
+        state = self._retry_state[batch.kind]
+        try:
+            await self._send_chunks(batch.kind, todo)
+        except _Retry as retry:
+            self._retry_later(batch, _take_all(todo), retry.error, state)
+        except asyncio.CancelledError:
+            # Shutdown: what was not confirmed goes back to the store, to be spooled.
+            self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
+            raise
+        except Exception as error:  # a bug, not a Voyado answer: keep the events, retry later
+            self._crashes += 1
+            log.exception("unexpected error while sending a batch; it will be retried")
+            self._retry_later(batch, _take_all(todo), error, state)
+        else:
+            state.reset()
+
+    async def _send_chunks(self, kind: Kind, todo: deque[_Chunk]) -> None:
+        path = _PATHS[kind]
+        store = self._store
+        while todo:
+            events, body = todo[0]
+            self._requests += 1
+            try:
+                await self.client._send(path, body if body is not None else _encode(events))
+            except AuthenticationError as error:
+                for chunk_events in _take_chunks(todo):
+                    self._dead_letter(chunk_events, error)
+                return
+            except ApiError as error:
+                if error.retriable:
+                    raise _Retry(error) from None
+                todo.popleft()
+                if error.status in _REJECTED and len(events) > 1:
+                    # Bisect: the good half goes through, the bad one is split again.
+                    middle = len(events) // 2
+                    todo.extendleft([(events[middle:], None), (events[:middle], None)])
+                    continue
+                self._dead_letter(events, error)  # the isolated bad event, or a final status
+            except VoyadoError as error:  # TransportError
+                raise _Retry(error) from None
+            else:
+                todo.popleft()
+                store.resolved(len(events), "sent")
+
+    def _retry_later(
+        self, batch: _Batch, events: list[Event], error: Exception, state: _RetryState
+    ) -> None:
+        now = self._clock()
+        if state.attempts == 0:
+            state.first_failure = now
+        state.attempts += 1
+        policy = self.settings.retry
+        wait = policy.backoff(state.attempts)
+        if isinstance(error, RateLimitError) and error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        if not policy.allows(state.attempts, now - state.first_failure, wait):
+            reason = error if isinstance(error, VoyadoError) else VoyadoError(str(error))
+            log.error("retry budget exhausted after %d attempts; dead-lettering %d events",
+                      state.attempts, len(events))
+            self._dead_letter(events, reason)
+            state.reset()
+            return
+        self._retries += 1
+        state.hold_until = max(state.hold_until, now + wait)
+        self._log.warning(
+            f"retry:{batch.kind}",
+            "delivery of %d %s failed (%s); retrying in %.1f s",
+            len(events),
+            batch.kind.replace("_", " "),
+            error,
+            wait,
+        )
+        self._store.requeue(_Batch(batch.kind, events, batch.first_at))
+
+
+def _encode(events: list[Event]) -> bytes:
+    to_wire = _TO_WIRE
+    return orjson.dumps([to_wire[type(e)](e) for e in events])
+
+
+def _chunks(events: list[Event], max_bytes: int) -> list[_Chunk]:
+    """Encoded request bodies of at most *max_bytes* (a lone larger event goes alone)."""
+    body = _encode(events)
+    if len(body) <= max_bytes or len(events) == 1:
+        return [(events, body)]
+    to_wire = _TO_WIRE
+    chunks: list[_Chunk] = []
+    current: list[Event] = []
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    for event in events:
+        part = orjson.dumps(to_wire[type(event)](event))
+        if current and size + len(part) + 1 > max_bytes:
+            chunks.append((current, b"[" + b",".join(parts) + b"]"))
+            current, parts, size = [], [], 2
+        current.append(event)
+        parts.append(part)
+        size += len(part) + 1
+    chunks.append((current, b"[" + b",".join(parts) + b"]"))
+    return chunks
+
+
+def _take_chunks(todo: deque[_Chunk]) -> list[list[Event]]:
+    chunks = [events for events, _ in todo]
+    todo.clear()
+    return chunks
+
+
+def _take_all(todo: deque[_Chunk]) -> list[Event]:
+    """Empty *todo* and return its events (so that no one else can resolve them twice)."""
+    return [event for events in _take_chunks(todo) for event in events]
