@@ -1,0 +1,202 @@
+"""The camelCase wire format and the JSON Lines event files."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import voyado_tracking as vt
+from voyado_tracking._wire import (
+    dumps,
+    event_from_wire,
+    event_to_line,
+    event_to_wire,
+    line_to_event,
+    structure,
+)
+
+GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
+CEST = timezone(timedelta(hours=2))
+
+
+def test_cart_wire_dict_is_camel_case_with_its_own_offset() -> None:
+    event = vt.Cart(
+        "cart-1",
+        GUID,
+        items=[vt.CartItem("sku-1", 2)],
+        time=datetime(2021, 9, 22, 11, 0, tzinfo=CEST),
+        language="sv-SE",
+        url="https://shop.example/cart",
+    )
+    assert orjson.loads(dumps([event])) == [
+        {
+            "cartReference": "cart-1",
+            "contactId": GUID,
+            "items": [{"sku": "sku-1", "quantity": 2}],
+            "time": "2021-09-22T11:00:00+02:00",
+            "language": "sv-SE",
+            "url": "https://shop.example/cart",
+        }
+    ]
+
+
+def test_emptied_cart_keeps_empty_items_list() -> None:
+    """An emptied or checked-out cart must say so, or Engage mails about a bought cart."""
+    wire = orjson.loads(dumps([vt.Cart("cart-1", GUID, time="2021-09-22T11:00:00Z")]))[0]
+    assert wire["items"] == []
+
+
+def test_absent_optional_fields_are_omitted_never_null() -> None:
+    view = vt.ProductView("sku-1", GUID, time="2021-09-22T11:00:00Z")
+    assert orjson.loads(dumps([view])) == [
+        {"itemId": "sku-1", "contactId": GUID, "time": "2021-09-22T11:00:00+00:00"}
+    ]
+
+
+def test_new_session_false_is_sent() -> None:
+    view = vt.ProductView("sku-1", GUID, new_session=False)
+    assert event_to_wire(view)["newSession"] is False
+
+
+def test_utm_is_a_list_of_key_value_objects() -> None:
+    view = vt.ProductView("sku-1", GUID, utm=[vt.Utm("utm_source", "mail")])
+    assert orjson.loads(dumps([view]))[0]["utm"] == [{"key": "utm_source", "value": "mail"}]
+
+
+def test_null_on_the_wire_means_absent() -> None:
+    view = structure(vt.ProductView, {"itemId": "i", "contactId": GUID, "category": None})
+    assert view.category is None
+
+
+def test_unknown_wire_field_is_rejected_by_name() -> None:
+    with pytest.raises(vt.InvalidEventError, match="not a ProductView field") as info:
+        structure(vt.ProductView, {"itemId": "i", "contactId": GUID, "item_id": "x"})
+    assert info.value.field == "item_id"
+
+
+def test_cart_time_is_required_on_the_wire() -> None:
+    """Replaying a cart without its time would silently reorder it after newer updates."""
+    with pytest.raises(vt.InvalidEventError, match="is required") as info:
+        structure(vt.Cart, {"cartReference": "c", "contactId": GUID})
+    assert info.value.field == "time"
+
+
+def test_wire_values_are_not_coerced() -> None:
+    data = {"cartReference": "c", "contactId": GUID, "time": "2021-09-22T11:00:00Z",
+            "items": [{"sku": "s", "quantity": "3"}]}
+    with pytest.raises(vt.InvalidEventError, match="must be an int") as info:
+        structure(vt.Cart, data)
+    assert info.value.field == "items[0].quantity"
+
+
+def test_wire_errors_name_the_camel_case_field() -> None:
+    with pytest.raises(vt.InvalidEventError) as info:
+        structure(vt.ProductView, {"itemId": "i", "contactId": GUID, "newSession": "yes"})
+    assert info.value.field == "newSession"
+
+
+def test_nested_list_must_be_a_json_array() -> None:
+    with pytest.raises(vt.InvalidEventError, match="JSON array") as info:
+        structure(vt.ProductView, {"itemId": "i", "contactId": GUID, "utm": {"key": "k"}})
+    assert info.value.field == "utm"
+
+
+def test_event_from_wire_rejects_unknown_type() -> None:
+    with pytest.raises(vt.InvalidEventError) as info:
+        event_from_wire("order", {})
+    assert info.value.field == "type"
+
+
+def test_line_with_unhashable_type_is_an_invalid_event_error() -> None:
+    with pytest.raises(vt.InvalidEventError) as info:
+        line_to_event('{"type": [], "event": {}}')
+    assert info.value.field == "type"
+
+
+@pytest.mark.parametrize("line", ["not json", "[1, 2]", '{"type": "cart"}', b"\xff\xfe", "\ud800"])
+def test_malformed_line_is_an_invalid_event_error(line: str | bytes) -> None:
+    with pytest.raises(vt.InvalidEventError):
+        line_to_event(line)
+
+
+def test_line_extra_keys_are_ignored() -> None:
+    event = vt.ProductView("i", GUID)
+    line = event_to_line(event, reason="shutdown")
+    assert line.endswith(b"\n")
+    assert orjson.loads(line)["reason"] == "shutdown"
+    assert line_to_event(line) == event
+
+
+# -- round trip ------------------------------------------------------------------------------
+
+text = st.text(min_size=1, max_size=40).filter(str.strip)
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+aware = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=offsets
+)
+contact_ids = st.one_of(st.uuids().map(str), st.from_regex(r"\A[A-Za-z0-9_-]{22}\Z"))
+languages = st.from_regex(r"\A[a-z]{2}(-[A-Z]{2})?\Z")
+urls = st.from_regex(r"\Ahttps?://[a-z]{1,10}\.example/[a-z0-9/]{0,20}\Z")
+carts = st.builds(
+    vt.Cart,
+    cart_reference=text,
+    contact_id=contact_ids,
+    items=st.lists(st.builds(vt.CartItem, text, st.integers(0, 2**31 - 1)), max_size=4),
+    time=aware,
+    language=st.none() | languages,
+    url=st.none() | urls,
+)
+views = st.builds(
+    vt.ProductView,
+    item_id=text,
+    contact_id=contact_ids,
+    time=aware,
+    category=st.none() | text,
+    session_id=st.none() | text,
+    new_session=st.none() | st.booleans(),
+    language=st.none() | languages,
+    url=st.none() | urls,
+    external_referrer=st.none() | urls,
+    utm=st.lists(st.builds(vt.Utm, text, st.text(max_size=20)), max_size=3),
+)
+events = st.one_of(carts, views)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and the time keeps its own offset (== on datetimes compares instants only)."""
+    return bool(a == b and a.time.utcoffset() == b.time.utcoffset())
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_valid_events_round_trip_through_wire_dicts(event: vt.Cart | vt.ProductView) -> None:
+    wire = orjson.loads(orjson.dumps(event_to_wire(event)))
+    assert _same(structure(type(event), wire), event)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_valid_events_round_trip_through_json_lines(event: vt.Cart | vt.ProductView) -> None:
+    assert _same(line_to_event(event_to_line(event)), event)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(events, max_size=5))
+def test_batch_body_is_the_list_of_wire_dicts(batch: list[vt.Cart | vt.ProductView]) -> None:
+    expected = [orjson.loads(orjson.dumps(event_to_wire(e))) for e in batch]
+    assert orjson.loads(dumps(batch)) == expected
+
+
+def test_zoneinfo_time_serialises_with_its_offset_at_that_instant() -> None:
+    from zoneinfo import ZoneInfo
+
+    summer = datetime(2021, 7, 1, 12, 0, tzinfo=ZoneInfo("Europe/Stockholm"))
+    event = vt.Cart("c", GUID, time=summer)
+    assert orjson.loads(dumps([event]))[0]["time"] == "2021-07-01T12:00:00+02:00"
