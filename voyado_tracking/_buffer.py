@@ -439,10 +439,10 @@ class TrackingBuffer:
         """
         if self._closing:
             raise BufferClosedError("the buffer is closed")
-        if asyncio._get_running_loop() is not self._loop or self._flusher is None:
-            self._ensure_running()
         if self._fork_generation != _fork_generation:
             raise RuntimeError("a TrackingBuffer cannot be used in a forked child process")
+        if asyncio._get_running_loop() is not self._loop or self._flusher is None:
+            self._ensure_running()
         kind = type(event)
         if kind is not ProductView and kind is not Cart:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")

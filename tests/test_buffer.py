@@ -1,0 +1,562 @@
+"""TrackingBuffer against the real loopback FakeVoyado: delivery, triggers, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import voyado_tracking as vt
+from voyado_tracking._wire import line_to_event
+from voyado_tracking.testing import FakeVoyado, Fault
+
+CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
+                            max_elapsed=30.0)
+
+
+def view(item: str) -> vt.ProductView:
+    return vt.ProductView(item, CONTACT, time="2024-05-01T10:00:00Z")
+
+
+def cart(ref: str, second: int, *skus: str) -> vt.Cart:
+    return vt.Cart(ref, CONTACT, [vt.CartItem(s, 1) for s in skus],
+                   time=f"2024-05-01T10:00:{second:02d}Z")
+
+
+def settings(**overrides: Any) -> vt.FlushSettings:
+    values: dict[str, Any] = {"flush_interval": 0.05, "retry": FAST_RETRY, "shutdown_timeout": 5.0}
+    values.update(overrides)
+    return vt.FlushSettings(**values)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeVoyado]:
+    async with FakeVoyado() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
+    async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None,
+                                 retry=vt.RetryPolicy(initial_backoff=0.01)) as c:
+        yield c
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# -- delivery and triggers ----------------------------------------------------------------
+
+
+async def test_flush_delivers_everything_enqueued_before_it(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings(flush_interval=3600)) as buffer:
+        views = [view(f"p{i}") for i in range(1200)]
+        for v in views:
+            buffer.enqueue(v)
+        buffer.enqueue(cart("c1", 1, "a"))
+        await buffer.flush(timeout=10)
+        assert fake.product_views == views
+        assert fake.carts == {"c1": cart("c1", 1, "a")}
+        assert buffer.stats.sent == 1201
+
+
+async def test_size_trigger_flushes_without_waiting_for_the_interval(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_size=50, flush_interval=3600)
+    ) as buffer:
+        for i in range(50):
+            buffer.enqueue(view(f"p{i}"))
+        await eventually(lambda: len(fake.product_views) == 50)
+        assert [r.events for r in fake.requests] == [50]
+
+
+async def test_time_trigger_flushes_a_partial_batch_after_the_interval(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings(max_batch_size=500, flush_interval=0.3)) as b:
+        b.enqueue(view("p1"))
+        await asyncio.sleep(0.05)
+        assert fake.requests == []  # below the size threshold: waits for the interval
+        await eventually(lambda: len(fake.product_views) == 1, timeout=5)
+
+
+async def test_time_trigger_applies_to_carts_separately(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings(max_batch_size=500, flush_interval=0.2)) as b:
+        b.enqueue(cart("c1", 1, "a"))
+        await eventually(lambda: "c1" in fake.carts, timeout=5)
+        assert [r.path for r in fake.requests] == ["/api/v2/tracking/carts/batch"]
+
+
+async def test_cart_updates_are_collapsed_before_sending(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings(flush_interval=3600)) as buffer:
+        for second in range(30):
+            buffer.enqueue(cart("c1", second, f"sku{second}"))
+        buffer.enqueue(cart("c1", 5, "older"))
+        await buffer.flush(timeout=10)
+    assert len(fake.cart_updates) == 1
+    assert fake.carts["c1"] == cart("c1", 29, "sku29")
+    assert buffer.stats.collapsed == 30
+
+
+async def test_emptied_cart_is_sent_with_empty_items(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        buffer.enqueue(cart("c1", 1, "a"))
+        buffer.enqueue(cart("c1", 2))
+    assert b'"items":[]' in fake.requests[-1].body
+    assert fake.carts["c1"].items == ()
+
+
+async def test_batches_never_exceed_max_batch_bytes(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    url = "https://shop.example/" + "x" * 400
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_bytes=4096, flush_interval=3600)
+    ) as buffer:
+        for i in range(40):
+            buffer.enqueue(vt.ProductView(f"p{i}", CONTACT, url=url))
+        await buffer.flush(timeout=10)
+    assert len(fake.product_views) == 40
+    assert all(len(r.body) <= 4096 for r in fake.requests)
+    assert len(fake.requests) >= 40 * 400 // 4096
+
+
+async def test_concurrent_requests_stay_within_max_concurrent_requests(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.latency = 0.05
+    active = peak = 0
+    original = client._send
+
+    async def counting_send(path: str, body: bytes) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            await original(path, body)
+        finally:
+            active -= 1
+
+    client._send = counting_send  # type: ignore[method-assign]
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_size=10, max_concurrent_requests=3)
+    ) as buffer:
+        for i in range(200):
+            buffer.enqueue(view(f"p{i}"))
+        await buffer.flush(timeout=20)
+    assert peak == 3
+    assert len(fake.product_views) == 200
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+async def test_503_is_retried_and_the_batch_delivered(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(503, 503)
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        views = [view(f"p{i}") for i in range(10)]
+        for v in views:
+            buffer.enqueue(v)
+        await buffer.flush(timeout=10)
+        assert fake.product_views == views
+        assert (buffer.stats.retries, buffer.stats.requests) == (2, 3)
+
+
+async def test_dropped_connection_is_retried_without_loss(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(Fault(drop=True))
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        buffer.enqueue(view("p1"))
+        await buffer.flush(timeout=10)
+    assert [v.item_id for v in fake.product_views] == ["p1"]
+
+
+async def test_429_pauses_the_buffer_and_direct_client_calls(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(Fault(status=429, retry_after=0.6))
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        buffer.enqueue(view("p1"))
+        await eventually(lambda: len(fake.requests) == 1)
+        started = time.monotonic()
+        await client.register_product_view(view("direct"))  # waits for the shared gate
+        waited = time.monotonic() - started
+        await buffer.flush(timeout=10)
+    assert waited >= 0.4
+    assert sorted(v.item_id for v in fake.product_views) == ["direct", "p1"]
+
+
+async def test_one_bad_event_in_500_is_isolated_by_bisection(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    dead: list[tuple[Any, vt.VoyadoError]] = []
+    fake.reject_item_ids.add("bad")
+    async with vt.TrackingBuffer(
+        client, settings(flush_interval=3600), on_dead_letter=lambda e, err: dead.append((e, err))
+    ) as buffer:
+        for i in range(500):
+            buffer.enqueue(view("bad" if i == 321 else f"p{i}"))
+        await buffer.flush(timeout=20)
+        stats = buffer.stats
+    assert len(fake.product_views) == 499
+    assert [e.item_id for e, _ in dead] == ["bad"]  # type: ignore[union-attr]
+    assert isinstance(dead[0][1], vt.ApiError)
+    assert dead[0][1].status == 400
+    assert (stats.sent, stats.dead_lettered) == (499, 1)
+    assert stats.requests <= 1 + 2 * math.ceil(math.log2(500))
+
+
+async def test_413_splits_the_batch_until_it_fits(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(413, 413)
+    async with vt.TrackingBuffer(client, settings(flush_interval=3600)) as buffer:
+        for i in range(8):
+            buffer.enqueue(view(f"p{i}"))
+        await buffer.flush(timeout=10)
+        assert buffer.stats.dead_lettered == 0
+    assert len(fake.product_views) == 8
+
+
+async def test_authentication_failure_dead_letters_the_batch(fake: FakeVoyado) -> None:
+    dead: list[Any] = []
+    async with vt.TrackingClient(fake.url, "wrong-key") as client, vt.TrackingBuffer(
+        client, settings(), on_dead_letter=lambda e, err: dead.append(type(err))
+    ) as buffer:
+        for i in range(5):
+            buffer.enqueue(view(f"p{i}"))
+        await buffer.flush(timeout=10)
+        assert buffer.stats.dead_lettered == 5
+    assert dead == [vt.AuthenticationError] * 5
+    assert len(fake.requests) == 1  # not retried
+
+
+async def test_exhausted_retry_budget_dead_letters_the_batch(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(*[503] * 10)
+    policy = vt.RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+    async with vt.TrackingBuffer(client, settings(retry=policy)) as buffer:
+        buffer.enqueue(view("p1"))
+        await buffer.flush(timeout=10)
+        assert (buffer.stats.dead_lettered, buffer.stats.retries) == (1, 2)
+    assert len(fake.requests) == 3
+
+
+async def test_flusher_crash_is_logged_and_loses_nothing(
+    fake: FakeVoyado, client: vt.TrackingClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        store = buffer._store
+        original = store.due
+        calls = 0
+
+        def crash_once(*args: Any) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("boom")
+            return original(*args)
+
+        store.due = crash_once  # type: ignore[method-assign]
+        buffer.enqueue(view("p1"))
+        await buffer.flush(timeout=10)
+    assert [v.item_id for v in fake.product_views] == ["p1"]
+    assert "flusher crashed" in caplog.text
+    assert "boom" in caplog.text
+
+
+# -- memory bound and backpressure --------------------------------------------------------
+
+
+async def test_in_flight_events_are_never_dropped_on_overflow(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    drops: list[tuple[Any, str]] = []
+    fake.hold()
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_size=5, max_pending=5), on_drop=lambda e, r: drops.append((e, r))
+    ) as buffer:
+        sent = [view(f"p{i}") for i in range(5)]
+        for v in sent:
+            buffer.enqueue(v)
+        await eventually(lambda: buffer.stats.in_flight == 5)
+        extra = view("extra")
+        buffer.enqueue(extra)
+        fake.release()
+        await buffer.flush(timeout=10)
+    assert drops == [(extra, "overflow")]
+    assert fake.product_views == sent
+
+
+async def test_put_waits_for_room_instead_of_dropping(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.hold()
+    async with vt.TrackingBuffer(client, settings(max_batch_size=5, max_pending=5)) as buffer:
+        for i in range(5):
+            await buffer.put(view(f"p{i}"))
+        waiting = asyncio.ensure_future(buffer.put(view("p5")))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        fake.release()
+        await asyncio.wait_for(waiting, 10)
+        await buffer.flush(timeout=10)
+        assert buffer.stats.dropped == 0
+    assert len(fake.product_views) == 6
+
+
+async def test_put_raises_buffer_full_after_its_timeout(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.hold()
+    buffer = vt.TrackingBuffer(client, settings(max_batch_size=2, max_pending=2))
+    for i in range(2):
+        buffer.enqueue(view(f"p{i}"))
+    with pytest.raises(vt.BufferFullError):
+        await buffer.put(view("p2"), timeout=0.1)
+    fake.release()
+    await buffer.aclose()
+    assert len(fake.product_views) == 2
+
+
+async def test_flush_raises_timeout_error_when_it_cannot_finish(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.hold()
+    buffer = vt.TrackingBuffer(client, settings())
+    buffer.enqueue(view("p1"))
+    with pytest.raises(TimeoutError):
+        await buffer.flush(timeout=0.1)
+    fake.release()
+    await buffer.aclose()
+    assert len(fake.product_views) == 1
+
+
+# -- shutdown -----------------------------------------------------------------------------
+
+
+async def test_close_drains_pending_events(fake: FakeVoyado, client: vt.TrackingClient) -> None:
+    buffer = vt.TrackingBuffer(client, settings(flush_interval=3600))
+    for i in range(30):
+        buffer.enqueue(view(f"p{i}"))
+    await buffer.aclose()
+    assert len(fake.product_views) == 30
+    assert buffer.stats.sent == 30
+
+
+async def test_close_spools_everything_when_the_server_is_down_within_its_deadline(
+    closed_port_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    events: list[Any] = [view(f"p{i}") for i in range(20)] + [cart("c1", 1, "a")]
+    async with vt.TrackingClient(closed_port_url, "k", max_requests_per_second=None) as client:
+        buffer = vt.TrackingBuffer(client, settings(), spool_path=spool)
+        for e in events:
+            buffer.enqueue(e)
+        started = time.monotonic()
+        await buffer.aclose(timeout=0.5)
+        took = time.monotonic() - started
+    spooled = [line_to_event(line) for line in spool.read_bytes().splitlines()]
+    assert sorted(map(repr, spooled)) == sorted(map(repr, events))
+    assert buffer.stats.spooled == 21
+    assert buffer.stats.dropped == 0
+    assert took < 2.5
+
+
+async def test_close_spools_batches_still_in_flight(
+    fake: FakeVoyado, client: vt.TrackingClient, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    fake.hold()
+    buffer = vt.TrackingBuffer(client, settings(), spool_path=spool)
+    for i in range(10):
+        buffer.enqueue(view(f"p{i}"))
+    await eventually(lambda: buffer.stats.in_flight == 10)
+    await buffer.aclose(timeout=0.2)
+    assert len(spool.read_bytes().splitlines()) == 10
+    assert (buffer.stats.spooled, buffer.stats.in_flight) == (10, 0)
+    fake.release()
+
+
+async def test_close_without_spool_counts_the_rest_as_dropped_with_one_warning(
+    closed_port_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    drops: list[str] = []
+    async with vt.TrackingClient(closed_port_url, "k") as client:
+        buffer = vt.TrackingBuffer(client, settings(), on_drop=lambda e, r: drops.append(r))
+        for i in range(7):
+            buffer.enqueue(view(f"p{i}"))
+        with caplog.at_level(logging.WARNING, logger="voyado_tracking"):
+            await buffer.aclose(timeout=0.3)
+    assert drops == ["shutdown"] * 7
+    shutdown_warnings = [r for r in caplog.records if "at shutdown" in r.getMessage()]
+    assert len(shutdown_warnings) == 1
+
+
+async def test_enqueue_after_close_raises_buffer_closed(client: vt.TrackingClient) -> None:
+    buffer = vt.TrackingBuffer(client, settings())
+    await buffer.aclose()
+    await buffer.aclose()  # idempotent
+    with pytest.raises(vt.BufferClosedError):
+        buffer.enqueue(view("p1"))
+    with pytest.raises(vt.BufferClosedError):
+        await buffer.put(view("p1"))
+
+
+async def test_cancelling_the_owner_task_during_close_loses_nothing(
+    fake: FakeVoyado, client: vt.TrackingClient, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    fake.hold()
+    buffer = vt.TrackingBuffer(client, settings(), spool_path=spool)
+    for i in range(10):
+        buffer.enqueue(view(f"p{i}"))
+    closing = asyncio.ensure_future(buffer.aclose(timeout=30))
+    await asyncio.sleep(0.1)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    fake.release()
+    stats = buffer.stats
+    assert stats.sent + stats.spooled == 10
+    assert stats.in_flight == stats.pending_product_views == 0
+
+
+# -- loop, threads, misuse ------------------------------------------------------------------
+
+
+async def test_enqueue_rejects_anything_but_events(client: vt.TrackingClient) -> None:
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        with pytest.raises(TypeError, match="Cart or ProductView"):
+            buffer.enqueue({"itemId": "p1"})  # type: ignore[arg-type]
+        assert buffer.stats.enqueued == 0
+
+
+async def test_enqueue_threadsafe_delivers_events_from_other_threads(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        def produce(worker: int) -> None:
+            futures = [buffer.enqueue_threadsafe(view(f"w{worker}-{i}")) for i in range(100)]
+            for f in futures:
+                f.result(timeout=10)
+
+        threads = [threading.Thread(target=produce, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
+        await buffer.flush(timeout=10)
+    assert len(fake.product_views) == 400
+
+
+def test_enqueue_without_a_running_loop_fails_loudly() -> None:
+    client = vt.TrackingClient("http://127.0.0.1:9", "k")
+    buffer = vt.TrackingBuffer(client, settings())
+    with pytest.raises(RuntimeError, match="enqueue_threadsafe"):
+        buffer.enqueue(view("p1"))
+
+
+def test_buffer_used_from_another_event_loop_fails_loudly() -> None:
+    client = vt.TrackingClient("http://127.0.0.1:9", "k")
+
+    async def make() -> vt.TrackingBuffer:
+        b = vt.TrackingBuffer(client, settings())
+        b.enqueue(view("p1"))
+        return b
+
+    buffer = asyncio.run(make())
+
+    async def use_elsewhere() -> None:
+        buffer.enqueue(view("p2"))
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(use_elsewhere())
+    buffer._closing = True  # the first loop is gone: nothing to close
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_buffer_refuses_to_work_in_a_forked_child(client: vt.TrackingClient) -> None:
+    async with vt.TrackingBuffer(client, settings()) as buffer:
+        buffer.enqueue(view("p1"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                buffer.enqueue(view("p2"))
+            except RuntimeError as error:
+                os._exit(0 if "forked" in str(error) else 2)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 (the child exits at once)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_unclosed_buffer_holding_events_warns_when_collected() -> None:
+    async def forget_to_close() -> None:
+        client = vt.TrackingClient("http://127.0.0.1:9", "k")
+        buffer = vt.TrackingBuffer(client, settings(flush_interval=3600))
+        buffer.enqueue(view("p1"))
+
+    asyncio.run(forget_to_close())
+    with pytest.warns(ResourceWarning, match="1 undelivered events"):
+        gc.collect()
+
+
+async def test_buffer_logs_never_contain_the_api_key(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    secret = "s3cr3t-api-key-value"
+    async with FakeVoyado(api_key=secret) as server:
+        server.script(503, Fault(drop=True), 400)
+        async with vt.TrackingClient(server.url, secret) as client:
+            with caplog.at_level(logging.DEBUG, logger="voyado_tracking"):
+                async with vt.TrackingBuffer(
+                    client, settings(), spool_path=tmp_path / "s.jsonl"
+                ) as buffer:
+                    for i in range(3):
+                        buffer.enqueue(view(f"p{i}"))
+                    await buffer.flush(timeout=10)
+                    text = repr(buffer) + repr(buffer.stats)
+    assert caplog.records
+    assert secret not in caplog.text
+    assert secret not in text
