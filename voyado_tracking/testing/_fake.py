@@ -135,9 +135,11 @@ class FakeVoyado:
         app.router.add_post(CARTS_BATCH, self._handle)
         app.router.add_post(PRODUCT_VIEW, self._handle)
         app.router.add_post(PRODUCT_VIEWS, self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5)
+        site = web.TCPSite(runner, self.host, self.port)
         await site.start()
         self._runner = runner
         self.port = runner.addresses[0][1]
