@@ -295,7 +295,9 @@ class TrackingClient:
         retry_after = parse_retry_after(retry_after_header)
         if status == 429:
             self._gate.pause(DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else retry_after)
-        raise api_error(status, raw.decode("utf-8", "replace"), path, retry_after)
+        # A gateway may echo request headers in its error page: never let the key through.
+        text = raw.decode("utf-8", "replace").replace(self._headers["apikey"], "***")
+        raise api_error(status, text, path, retry_after)
 
 
 def _describe(error: BaseException) -> str:
