@@ -1,0 +1,7 @@
+"""``python -m voyado_tracking``: the ``voyado-tracking`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
