@@ -1,0 +1,148 @@
+"""The public surface: ``__all__`` is a decision, reprs name the package, types are checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import aiohttp
+import pytest
+
+import voyado_tracking as vt
+import voyado_tracking.testing as vt_testing
+from voyado_tracking.testing import FakeVoyado
+
+ROOT = Path(__file__).resolve().parent.parent
+USAGE = Path(__file__).with_name("typecheck_public_api.py")
+
+PUBLIC = [
+    "ApiError",
+    "AuthenticationError",
+    "BufferClosedError",
+    "BufferFullError",
+    "BufferStats",
+    "Cart",
+    "CartItem",
+    "FlushSettings",
+    "InvalidEventError",
+    "ProductView",
+    "RateLimitError",
+    "RetryPolicy",
+    "TrackingBuffer",
+    "TrackingClient",
+    "TransportError",
+    "Utm",
+    "VoyadoError",
+    "__version__",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    """A new public name must be a decision: add it here too."""
+    assert vt.__all__ == PUBLIC
+    assert vt.__all__ == sorted(vt.__all__)
+
+
+def test_every_public_name_exists() -> None:
+    for name in vt.__all__:
+        assert getattr(vt, name) is not None
+
+
+def test_star_import_exports_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from voyado_tracking import *", namespace)
+    assert sorted(k for k in namespace if k != "__builtins__") == sorted(PUBLIC)
+
+
+def test_testing_module_exports() -> None:
+    assert vt_testing.__all__ == ["Chaos", "FakeVoyado", "Fault", "RecordedRequest"]
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLIC if n != "__version__"])
+def test_public_classes_show_the_package_in_their_repr(name: str) -> None:
+    cls = getattr(vt, name)
+    assert cls.__module__ == "voyado_tracking"
+    assert repr(cls) == f"<class 'voyado_tracking.{name}'>"
+
+
+def test_client_repr_shows_the_package() -> None:
+    client = vt.TrackingClient("https://tenant.voyado.com", "key")
+    assert repr(client) == (
+        "voyado_tracking.TrackingClient(base_url='https://tenant.voyado.com', api_key='***')"
+    )
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(vt.__version__, str)
+    assert vt.__version__.count(".") >= 1
+
+
+def test_error_tree() -> None:
+    """Every failure is a VoyadoError; InvalidEventError is also a ValueError."""
+    assert issubclass(vt.InvalidEventError, ValueError)
+    for name in ("ApiError", "TransportError", "BufferClosedError", "BufferFullError"):
+        assert issubclass(getattr(vt, name), vt.VoyadoError)
+    assert issubclass(vt.AuthenticationError, vt.ApiError)
+    assert issubclass(vt.RateLimitError, vt.ApiError)
+    assert not issubclass(vt.TransportError, vt.ApiError)
+
+
+def test_package_is_typed() -> None:
+    assert (Path(vt.__file__).parent / "py.typed").is_file()
+
+
+def _mypy(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_public_api_usage_passes_mypy_strict() -> None:
+    result = _mypy(USAGE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_catches_misuse_of_the_public_api(tmp_path: Path) -> None:
+    """The types are real: wrong argument types are reported, not silently Any."""
+    misuse = tmp_path / "misuse.py"
+    misuse.write_text(
+        "import voyado_tracking as vt\n"
+        "vt.CartItem(sku='a', quantity='2')\n"
+        "vt.RetryPolicy(3)\n"
+        "async def f(c: vt.TrackingClient, v: vt.ProductView) -> None:\n"
+        "    await c.register_cart(v)\n"
+    )
+    result = _mypy(misuse)
+    assert result.returncode == 1
+    assert [line.split(":")[1] for line in result.stdout.splitlines() if ": error:" in line] == [
+        "2",
+        "3",
+        "5",
+    ]
+
+
+def _load_usage() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("typecheck_public_api", USAGE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_type_checked_usage_also_runs() -> None:
+    """The checked file is real code: its awaited and fire-and-forget paths deliver."""
+    usage = _load_usage()
+    async with aiohttp.ClientSession() as session:
+        assert await usage.send_awaited(session) == 2
+    async with FakeVoyado() as fake, vt.TrackingClient(fake.url, fake.api_key) as client:
+        assert await usage.fire_and_forget(client) == 2
+        assert len(fake.product_views) == 1
+        assert len(fake.carts) == 1
