@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import ssl
 from collections import Counter, deque
 from types import TracebackType
 from typing import Any, Final
@@ -85,12 +86,21 @@ class RecordedRequest:
 
 
 class FakeVoyado:
-    """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``."""
+    """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``.
+
+    Pass ``ssl_context`` (a server-side context) to serve HTTPS, e.g. to test TLS settings.
+    """
 
     def __init__(
-        self, *, api_key: str = "test-api-key", host: str = "127.0.0.1", port: int = 0
+        self,
+        *,
+        api_key: str = "test-api-key",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._api_key = api_key
+        self._ssl_context = ssl_context
         self.host = host
         self.port = port
         self.latency = 0.0
@@ -118,7 +128,8 @@ class FakeVoyado:
         """The base URL to give a TrackingClient, e.g. ``http://127.0.0.1:41234``."""
         if self._runner is None:
             raise RuntimeError("FakeVoyado is not started")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def api_key(self) -> str:
@@ -139,7 +150,7 @@ class FakeVoyado:
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context)
         await site.start()
         self._runner = runner
         self.port = runner.addresses[0][1]
