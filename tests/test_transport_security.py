@@ -29,7 +29,7 @@ async def test_tls_certificates_are_verified_by_default(tls_fake: FakeVoyado) ->
     async with vt.TrackingClient(
         tls_fake.url, tls_fake.api_key, retry=vt.RetryPolicy(max_attempts=1)
     ) as client:
-        with pytest.raises(vt.TransportError, match="(?i)certificate"):
+        with pytest.raises(vt.TransportError, match=r"(?i)certificate"):
             await client.register_product_view(VIEW)
     assert tls_fake.product_views == []
 
