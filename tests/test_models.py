@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 import voyado_tracking as vt
 from voyado_tracking._models import MAX_QUANTITY, MAX_TEXT, MAX_URL
+from voyado_tracking._wire import dumps_one
+from voyado_tracking._wire import event_to_wire as to_wire
 
 GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
 SHORT_GUID = "SW_6C0c8S0qajR0PaxsMEQ"
@@ -80,6 +82,20 @@ def test_sub_minute_utc_offset_is_rejected() -> None:
         cart(time=datetime(2021, 1, 1, tzinfo=odd))
     with pytest.raises(vt.InvalidEventError, match="not whole minutes"):
         cart(time="2021-01-01T00:00:00+01:00:30")
+
+
+def test_datetime_subclass_is_stored_as_a_plain_datetime() -> None:
+    """pendulum / pandas.Timestamp are datetimes, but orjson cannot encode subclasses."""
+
+    class Moment(datetime):
+        pass
+
+    event = cart(time=Moment(2021, 9, 22, 11, 0, 0, 5, tzinfo=CEST))
+    assert type(event.time) is datetime
+    assert event.time == datetime(2021, 9, 22, 11, 0, 0, 5, tzinfo=CEST)
+    assert event.time.utcoffset() == timedelta(hours=2)
+    assert b"2021-09-22T11:00:00.000005+02:00" in dumps_one(event)
+    assert to_wire(event)["time"] is event.time
 
 
 def test_default_time_is_now_in_utc() -> None:

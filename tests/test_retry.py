@@ -62,6 +62,8 @@ def test_unbounded_attempts_need_max_elapsed() -> None:
         {"initial_backoff": float("nan")},
         {"max_backoff": -1},
         {"max_elapsed": 0},
+        {"max_backoff": float("inf")},
+        {"max_attempts": None, "max_elapsed": float("inf")},
         {"initial_backoff": 2.0, "max_backoff": 1.0},
     ],
 )

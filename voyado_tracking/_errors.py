@@ -80,6 +80,10 @@ class ApiError(VoyadoError):
     def retriable(self) -> bool:
         return is_retriable_status(self.status)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's default re-calls __init__ with the message as the status.
+        return (_restore, (type(self), self.args, self.__dict__))
+
 
 class AuthenticationError(ApiError):
     """Voyado refused the API key (401 or 403). Never retried."""
@@ -112,6 +116,13 @@ class BufferClosedError(VoyadoError):
 
 class BufferFullError(VoyadoError):
     """The TrackingBuffer holds ``max_pending`` events and its overflow policy is "raise"."""
+
+
+def _restore(cls: type[ApiError], args: tuple[object, ...], state: dict[str, object]) -> ApiError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 def is_retriable_status(status: int) -> bool:

@@ -139,6 +139,12 @@ def parse_time(value: object, field: str = "time") -> datetime:
                 field, "must be timezone-aware (a naive datetime has no instant; add tzinfo)"
             )
         _check_offset(field, offset)
+        if type(value) is not datetime:
+            # A subclass (pendulum, pandas.Timestamp, ...) is valid but orjson cannot encode it.
+            value = datetime(
+                value.year, value.month, value.day, value.hour, value.minute, value.second,
+                value.microsecond, tzinfo=value.tzinfo, fold=value.fold,
+            )
         return value
     raise InvalidEventError(
         field, f"must be an aware datetime or an ISO 8601 string, got {type(value).__name__}"

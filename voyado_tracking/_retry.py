@@ -17,6 +17,7 @@ Clocks and sleeps are injectable so that tests pin timing without sleeping.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +36,9 @@ MAX_RETRY_AFTER: Final = 300.0
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
+    # Infinity is refused too: an endless backoff or max_elapsed means retries never end.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
