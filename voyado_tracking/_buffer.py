@@ -658,14 +658,18 @@ class TrackingBuffer:
 
     async def _stop_tasks(self) -> None:
         tasks = [t for t in (self._flusher, *self._sends) if t is not None and not t.done()]
+        # Kept before cancelling: a send cancelled before its first step never runs its
+        # handler, and its done-callback removes it from self._sends with its events.
+        sends = list(self._sends.values())
         for task in tasks:
             task.cancel()
         if tasks:
             # Cancelled sends put their events back in the store; give them a moment.
             await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
-        for batch, todo in list(self._sends.values()):
-            # Still not finished: take their events now; the task finds its todo empty.
-            self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
+        for batch, todo in sends:
+            # Not handed back yet: take their events now; the task finds its todo empty.
+            if todo:
+                self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
 
     def _dispose(self, events: list[Event]) -> None:
         """Spool (or count as dropped) what is left at shutdown."""

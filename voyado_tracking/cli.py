@@ -543,6 +543,8 @@ async def _send(args: argparse.Namespace, mode: str) -> int:
         except (TypeError, ValueError) as error:
             raise UsageError(str(error)) from None  # never contains the key
     spool = Path(args.spool) if args.spool else None
+    if spool is not None and not os.access(spool.parent, os.W_OK):
+        raise UsageError(f"cannot write the spool file {spool}: its directory is not writable")
     if spool is not None and args.file != "-":
         with contextlib.suppress(OSError):
             if spool.exists() and spool.samefile(args.file):
@@ -649,14 +651,20 @@ def _send_report(stats: BufferStats, state: _SendState, spool: Path | None) -> i
               file=sys.stderr)
     undelivered = stats.dead_lettered + stats.dropped + stats.spooled
     if spool is not None and (state.dead_letters or state.dropped):
-        with spool.open("ab") as out:
-            out.writelines(
-                event_to_line(e, reason=f"dead_lettered: {r}") for e, r in state.dead_letters
-            )
-            out.writelines(event_to_line(e, reason="dropped") for e in state.dropped)
+        try:
+            with spool.open("ab") as out:
+                out.writelines(
+                    event_to_line(e, reason=f"dead_lettered: {r}") for e, r in state.dead_letters
+                )
+                out.writelines(event_to_line(e, reason="dropped") for e in state.dropped)
+        except OSError as error:
+            print(f"{PROG}: could not write the spool file {spool}: {error.strerror}",
+                  file=sys.stderr)
     parts = [
-        f"sent {stats.sent} events ({state.product_views} product views, {state.carts} cart "
-        f"updates read; {stats.collapsed} cart updates collapsed) in {stats.requests} requests",
+        f"read {state.valid} valid events ({state.product_views} product views, "
+        f"{state.carts} cart updates)",
+        f"sent {stats.sent} in {stats.requests} requests ({stats.collapsed} cart updates "
+        "collapsed)",
         f"skipped {state.invalid} invalid lines",
         f"failed {undelivered} (dead-lettered {stats.dead_lettered}, dropped {stats.dropped}, "
         f"spooled {stats.spooled})",

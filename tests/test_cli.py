@@ -1,0 +1,418 @@
+"""The voyado-tracking command line, run as a subprocess (``python -m voyado_tracking``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+import pytest
+
+import voyado_tracking as vt
+from voyado_tracking._wire import event_to_line, line_to_event
+from voyado_tracking.testing import FakeVoyado
+
+CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+SECRET = "sk-live-very-secret-key-0123456789"
+
+
+@attrs.frozen
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 60.0,
+    python: tuple[str, ...] = ("-m", "voyado_tracking"),
+) -> Result:
+    """Run the CLI in a fresh interpreter while this loop keeps serving the fake."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VOYADO_")}
+    environment.update(env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *python, *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def connection(fake: FakeVoyado) -> dict[str, str]:
+    return {"VOYADO_BASE_URL": fake.url, "VOYADO_API_KEY": fake.api_key}
+
+
+def view(item_id: str) -> vt.ProductView:
+    return vt.ProductView(
+        item_id, CONTACT, time="2026-11-27T10:00:00+01:00", category="shoes",
+        session_id="s-1", new_session=True, utm=[vt.Utm("utm_source", "newsletter")],
+    )
+
+
+def cart(reference: str, *skus: str, minute: int = 0) -> vt.Cart:
+    return vt.Cart(
+        reference, CONTACT, items=[vt.CartItem(s, 1) for s in skus],
+        time=f"2026-11-27T10:{minute:02d}:00+01:00", language="sv-SE",
+    )
+
+
+def write_events(path: Path, events: list[vt.Cart | vt.ProductView]) -> Path:
+    path.write_bytes(b"".join(event_to_line(e) for e in events))
+    return path
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port with nothing listening (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+async def fake() -> FakeVoyado:
+    async with FakeVoyado() as server:
+        yield server  # type: ignore[misc]
+
+
+# -- help and usage ------------------------------------------------------------------------
+
+
+async def test_help_lists_the_demo_send_and_fake_server_commands() -> None:
+    result = await run_cli("--help")
+    assert result.returncode == 0
+    for command in ("demo", "send", "fake-server"):
+        assert command in result.stdout
+
+
+async def test_console_script_runs_the_same_command_line() -> None:
+    script = Path(sys.executable).with_name("voyado-tracking")
+    if not script.exists():
+        pytest.skip("the console script is not installed next to this interpreter")
+    process = await asyncio.create_subprocess_exec(
+        str(script), "--version", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    assert out.decode().startswith(f"voyado-tracking {vt.__version__}")
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+async def test_demo_exits_0_and_reports_when_every_event_arrived() -> None:
+    result = await run_cli(
+        "demo", "--shoppers", "12", "--events", "250", "--duration", "1", "--progress", "none"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("events enqueued", "cart updates collapsed", "requests sent", "events/s",
+                 "retries", "dropped / dead-lettered"):
+        assert line in result.stdout
+    assert result.stdout.count("CHECK OK") == 3
+    assert "CHECK FAIL" not in result.stdout
+    assert "RESULT: OK" in result.stdout
+
+
+async def test_demo_injects_faults_so_that_retries_show() -> None:
+    result = await run_cli(
+        "demo", "--shoppers", "10", "--events", "200", "--duration", "1", "--progress", "none",
+        "--error-rate", "0.5",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    retries = next(line for line in result.stdout.splitlines() if "retries" in line)
+    assert int(retries.split()[-1]) > 0
+
+
+async def test_demo_progress_is_plain_lines_when_stderr_is_not_a_terminal() -> None:
+    result = await run_cli("demo", "--shoppers", "10", "--events", "400", "--duration", "1.5")
+    assert result.returncode == 0
+    assert "shop traffic [" in result.stderr
+    assert "\x1b[" not in result.stderr  # no terminal control codes in a log
+
+
+async def test_progress_degrades_to_plain_lines_without_rich() -> None:
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from voyado_tracking.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    result = await run_cli(
+        "demo", "--shoppers", "10", "--events", "300", "--duration", "1.5",
+        "--progress", "rich", python=("-c", code),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "shop traffic [" in result.stderr
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+async def test_send_delivers_good_lines_and_reports_bad_ones_by_line_number(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    good = [view("SKU-1"), cart("c-1", "A", "B"), view("SKU-2")]
+    lines = [
+        event_to_line(good[0]),                                             # 1
+        b'{"type": "product_view", "event": {"itemId": "X"\n',              # 2 broken JSON
+        event_to_line(good[1]),                                             # 3
+        b'{"type": "order", "event": {"id": 1}}\n',                         # 4 unknown type
+        b'{"type": "product_view", "event": {"itemId": "X", "contactId": "nope"}}\n',  # 5
+        b"\n",                                                              # 6 blank
+        b"\xff\xfe\x00\x9c binary \x80\n",                                  # 7 bytes
+        event_to_line(good[2]),                                             # 8
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(lines))
+
+    result = await run_cli("send", str(path), env=connection(fake))
+
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert [line.split(":")[1] for line in errors] == ["2", "4", "5", "7"]
+    assert "not valid JSON" in errors[0]
+    assert "type must be 'cart' or 'product_view'" in errors[1]
+    assert "contactId" in errors[2]
+    assert fake.product_views == [good[0], good[2]]
+    assert fake.carts == {"c-1": good[1]}
+    assert "skipped 4 invalid lines" in result.stdout
+
+
+async def test_send_of_an_all_good_file_exits_0(fake: FakeVoyado, tmp_path: Path) -> None:
+    events = [view(f"SKU-{n}") for n in range(50)] + [cart(f"c-{n}", "A") for n in range(20)]
+    path = write_events(tmp_path / "events.jsonl", events)
+
+    result = await run_cli("send", str(path), "--batch-size", "7", env=connection(fake))
+
+    assert result.returncode == 0, result.stderr
+    assert fake.product_views == events[:50]
+    assert fake.carts == {c.cart_reference: c for c in events[50:]}  # type: ignore[union-attr]
+    assert max(r.events for r in fake.requests) <= 7
+
+
+async def test_send_collapses_updates_of_one_cart_to_the_latest(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    latest = cart("c-1", "A", "B", minute=30)
+    path = write_events(tmp_path / "e.jsonl", [cart("c-1", "A", minute=10), latest,
+                                               cart("c-1", minute=20)])
+    result = await run_cli("send", str(path), env=connection(fake))
+    assert result.returncode == 0
+    assert fake.carts == {"c-1": latest}
+
+
+async def test_send_reads_stdin_when_the_file_is_a_dash(fake: FakeVoyado) -> None:
+    events = [view("SKU-1"), view("SKU-2")]
+    result = await run_cli("send", "-", env=connection(fake),
+                           stdin=b"".join(event_to_line(e) for e in events))
+    assert result.returncode == 0, result.stderr
+    assert fake.product_views == events
+
+
+async def test_send_flags_override_the_environment(fake: FakeVoyado, tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    env = {"VOYADO_BASE_URL": f"http://127.0.0.1:{closed_port()}", "VOYADO_API_KEY": "wrong"}
+    result = await run_cli(
+        "send", str(path), "--base-url", fake.url, "--api-key", fake.api_key,
+        "--user-agent", "MyShop/2.3", env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r.user_agent for r in fake.requests] == ["MyShop/2.3"]
+
+
+async def test_a_file_of_random_bytes_is_reported_line_by_line_and_the_rest_is_sent(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    rng = random.Random(4)
+    noise = bytes(rng.getrandbits(8) for _ in range(20_000))
+    good = view("SKU-after-the-noise")
+    path = tmp_path / "noise.jsonl"
+    path.write_bytes(noise + b"\n" + event_to_line(good))
+    lines = (noise + b"\n").split(b"\n")
+    bad_lines = [n for n, line in enumerate(lines[:-1], 1) if line.strip()]
+
+    result = await run_cli("send", str(path), env=connection(fake))
+
+    assert result.returncode == 1
+    reported = [int(line.split(":")[1]) for line in result.stderr.splitlines()
+                if line.startswith(f"{path}:")]
+    assert reported == bad_lines
+    assert fake.product_views == [good]
+
+
+async def test_dry_run_sends_nothing_and_exits_0_for_a_valid_file(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1"), cart("c-1", "A")])
+    result = await run_cli("send", "--dry-run", str(path), env=connection(fake))
+    assert result.returncode == 0, result.stderr
+    assert fake.requests == []
+    assert "2 valid events" in result.stdout
+
+
+async def test_dry_run_exits_1_when_a_line_is_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(event_to_line(view("SKU-1")) + b"{oops\n")
+    result = await run_cli("send", "--dry-run", str(path))
+    assert result.returncode == 1
+    assert f"{path}:2: skipped" in result.stderr
+
+
+async def test_dry_run_needs_no_url_or_key(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    result = await run_cli("send", "--dry-run", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", ["VOYADO_BASE_URL", "VOYADO_API_KEY"])
+async def test_send_without_url_or_key_is_a_usage_error(tmp_path: Path, missing: str) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    env = {"VOYADO_BASE_URL": "https://tenant.voyado.com", "VOYADO_API_KEY": SECRET}
+    del env[missing]
+    result = await run_cli("send", str(path), env=env)
+    assert result.returncode == 2
+    assert missing in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+async def test_api_key_never_appears_in_the_output(fake: FakeVoyado, tmp_path: Path) -> None:
+    """A wrong key (401, dead-lettered) with verbose logging still never prints the key."""
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(event_to_line(view("SKU-1")) + b"not json\n")
+    for args in (["--api-key", SECRET], ["--api-key", SECRET, "-v"],
+                 ["--api-key", SECRET, "--base-url", "ftp://bad"]):
+        result = await run_cli("send", str(path), "--base-url", fake.url, *args)
+        assert result.returncode in (1, 2)
+        assert SECRET not in result.stdout + result.stderr
+    assert fake.requests and not any(r.key_ok for r in fake.requests)
+
+
+async def test_an_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = await run_cli("send", "--dry-run", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--timeout", "-1"], ["--bogus"]])
+async def test_bad_flags_are_a_usage_error(tmp_path: Path, flags: list[str]) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    result = await run_cli("send", "--dry-run", str(path), *flags)
+    assert result.returncode == 2
+
+
+async def test_an_http_url_to_a_remote_host_is_a_usage_error(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    result = await run_cli("send", str(path), "--base-url", "http://tenant.voyado.com",
+                           env={"VOYADO_API_KEY": SECRET})
+    assert result.returncode == 2
+    assert "https" in result.stderr
+
+
+async def test_undelivered_events_are_written_to_the_spool_and_exit_1(tmp_path: Path) -> None:
+    events = [view("SKU-1"), cart("c-1", "A"), view("SKU-2")]
+    path = write_events(tmp_path / "e.jsonl", events)
+    spool = tmp_path / "spool.jsonl"
+    result = await run_cli(
+        "send", str(path), "--spool", str(spool), "--retry-for", "0.3", "--timeout", "1",
+        env={"VOYADO_BASE_URL": f"http://127.0.0.1:{closed_port()}", "VOYADO_API_KEY": "k"},
+    )
+    assert result.returncode == 1
+    spooled = [line_to_event(line) for line in spool.read_bytes().splitlines()]
+    assert sorted(map(repr, spooled)) == sorted(map(repr, events))
+    assert "failed 3" in result.stdout
+
+
+async def test_a_spool_written_while_the_server_was_down_is_delivered_by_send(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    views = [view(f"SKU-{n}") for n in range(30)]
+    carts = [cart(f"c-{n}", "A", minute=n) for n in range(10)] + [cart("c-0", minute=59)]
+    settings = vt.FlushSettings(flush_interval=0.01, retry=vt.RetryPolicy(
+        max_attempts=None, initial_backoff=0.01, max_backoff=0.02, max_elapsed=30.0))
+    async with vt.TrackingClient(f"http://127.0.0.1:{closed_port()}", "k",
+                                 max_requests_per_second=None) as client:
+        buffer = vt.TrackingBuffer(client, settings, spool_path=spool)
+        for event in [*views, *carts]:
+            buffer.enqueue(event)
+        await buffer.aclose(timeout=0.3)
+    assert buffer.stats.spooled == 40  # 41 updates, one collapsed
+    assert b'"reason"' in spool.read_bytes()
+
+    result = await run_cli("send", str(spool), env=connection(fake))
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(fake.product_views, key=lambda v: v.item_id) == sorted(
+        views, key=lambda v: v.item_id
+    )
+    expected = {c.cart_reference: c for c in carts}  # the last c-0 update is the latest
+    assert fake.carts == expected
+
+
+async def test_a_batch_whose_send_had_not_started_at_close_is_spooled(tmp_path: Path) -> None:
+    """Regression: a send task cancelled before its first step lost its batch (not spooled)."""
+    spool = tmp_path / "spool.jsonl"
+    async with vt.TrackingClient(f"http://127.0.0.1:{closed_port()}", "k") as client:
+        buffer = vt.TrackingBuffer(client, vt.FlushSettings(flush_interval=60), spool_path=spool)
+        buffer.enqueue(view("SKU-1"))
+        # What the flusher does, without yielding: the send task exists but has not run.
+        buffer._start_send(buffer._store.take("product_views"))
+        await buffer.aclose(timeout=0)
+    assert buffer.stats.spooled == 1
+    assert [line_to_event(line) for line in spool.read_bytes().splitlines()] == [view("SKU-1")]
+
+
+async def test_the_spool_must_not_be_the_file_being_sent(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1")])
+    result = await run_cli("send", str(path), "--spool", str(path),
+                           env={"VOYADO_BASE_URL": "https://t.voyado.com", "VOYADO_API_KEY": "k"})
+    assert result.returncode == 2
+
+
+# -- fake-server ---------------------------------------------------------------------------
+
+
+async def test_fake_server_prints_url_and_key_on_one_line_and_stops_on_sigterm() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "fake-server", "--api-key", "k-123",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        settings = dict(part.split("=", 1) for part in first.split())
+        assert settings["VOYADO_API_KEY"] == "k-123"
+        assert settings["VOYADO_BASE_URL"].startswith("http://127.0.0.1:")
+        async with vt.TrackingClient(settings["VOYADO_BASE_URL"], "k-123") as client:
+            await client.register_product_view(view("SKU-1"))
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"1 product views" in err
+
+
+async def test_fake_server_refuses_a_non_loopback_host_without_public() -> None:
+    result = await run_cli("fake-server", "--host", "0.0.0.0")
+    assert result.returncode == 2
+    assert "--public" in result.stderr
