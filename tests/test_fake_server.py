@@ -246,6 +246,25 @@ async def test_processed_fault_stores_events_then_fails(
     assert len(fake.product_views) == 1
 
 
+async def test_scripted_success_stores_the_events(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """A 2xx answer, however odd its body, means Voyado kept the events."""
+    fake.script(Fault(status=202, body=b"<html>ok</html>", content_type="text/html"))
+    await client.register_product_view(vt.ProductView("sku-1", GUID))
+    assert [v.item_id for v in fake.product_views] == ["sku-1"]
+    assert fake.requests[0].events == 1
+
+
+async def test_scripted_success_for_an_invalid_request_stores_nothing(
+    fake: FakeVoyado, http: aiohttp.ClientSession
+) -> None:
+    fake.script(200)
+    status, _ = await post(http, fake, VIEW, {"itemId": "x", "contactId": "bad"})
+    assert status == 200
+    assert fake.product_views == []
+
+
 async def test_dropped_connection_gives_no_answer(
     fake: FakeVoyado, client: vt.TrackingClient
 ) -> None:

@@ -46,7 +46,8 @@ class Fault:
 
     ``delay`` waits before answering. With ``process=True`` the request is applied first (the
     events are stored) and the fault is answered afterwards, like a gateway that timed out
-    after the backend did the work.
+    after the backend did the work. A 2xx fault stores the (valid) events like a real success,
+    whatever body it answers with.
     """
 
     status: int = 503
@@ -276,7 +277,10 @@ class FakeVoyado:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp treats this as a vanished connection
         self._faults_injected[str(fault.status)] += 1
-        self._record(request, path, body, fault.status, 0)
+        # A success answer tells the client its events were stored: make that true.
+        stored = events if 200 <= fault.status < 300 else []
+        self._apply(stored)
+        self._record(request, path, body, fault.status, len(stored))
         return self._fault_response(fault)
 
     @staticmethod
