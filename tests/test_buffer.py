@@ -560,3 +560,27 @@ async def test_buffer_logs_never_contain_the_api_key(
     assert caplog.records
     assert secret not in caplog.text
     assert secret not in text
+
+
+async def test_cancelling_the_task_that_owns_the_buffer_delivers_or_spools_everything(
+    fake: FakeVoyado, client: vt.TrackingClient, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.jsonl"
+    started = asyncio.Event()
+
+    async def worker() -> None:
+        async with vt.TrackingBuffer(
+            client, settings(flush_interval=3600), spool_path=spool
+        ) as buffer:
+            for i in range(50):
+                buffer.enqueue(view(f"p{i}"))
+            started.set()
+            await asyncio.sleep(3600)  # the app's main loop, cancelled at shutdown
+
+    task = asyncio.ensure_future(worker())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    spooled = spool.read_bytes().splitlines() if spool.exists() else []
+    assert len(fake.product_views) + len(spooled) == 50
