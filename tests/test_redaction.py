@@ -51,6 +51,17 @@ def test_invalid_api_key_error_does_not_echo_it(bad_key: str) -> None:
     assert KEY not in str(info.value)
 
 
+def test_swapped_arguments_do_not_echo_the_key() -> None:
+    with pytest.raises(ValueError, match="base_url") as info:
+        vt.TrackingClient(KEY, "https://tenant.voyado.com")
+    assert KEY not in str(info.value)
+
+
+def test_base_url_error_still_shows_a_url_with_a_scheme() -> None:
+    with pytest.raises(ValueError, match="ftp://tenant"):
+        vt.TrackingClient("ftp://tenant.voyado.com", KEY)
+
+
 def test_non_string_api_key_is_rejected_without_echo() -> None:
     with pytest.raises(ValueError, match="api_key") as info:
         vt.TrackingClient("https://tenant.voyado.com", KEY.encode())  # type: ignore[arg-type]

@@ -58,8 +58,11 @@ def _base_url(value: object) -> URL:
         raise TypeError(f"base_url must be a str, got {type(value).__name__}")
     url = URL(str(value).rstrip("/"))
     if not url.is_absolute() or not url.host:
-        raise ValueError(f"base_url must be an absolute URL such as https://<tenant>.voyado.com, "
-                         f"got {str(value)!r}")
+        # Not echoed without a scheme: swapped arguments would put the API key in the message.
+        got = repr(str(value)) if "://" in str(value) else "a value without a scheme"
+        raise ValueError(
+            f"base_url must be an absolute URL such as https://<tenant>.voyado.com, got {got}"
+        )
     if url.query_string or url.fragment or url.user or url.password:
         raise ValueError("base_url must not carry credentials, a query or a fragment")
     if url.scheme == "https" or (url.scheme == "http" and _is_loopback(url.host)):
