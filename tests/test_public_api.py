@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,67 @@ async def test_type_checked_usage_also_runs() -> None:
         assert await usage.fire_and_forget(client) == 2
         assert len(fake.product_views) == 1
         assert len(fake.carts) == 1
+
+
+def _parameters(obj: object) -> list[tuple[str, str]]:
+    return [(p.name, p.kind.name) for p in inspect.signature(obj).parameters.values()]  # type: ignore[arg-type]
+
+
+POS = "POSITIONAL_OR_KEYWORD"
+KW = "KEYWORD_ONLY"
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters"),
+    [
+        ("CartItem", [("sku", POS), ("quantity", POS)]),
+        (
+            "Cart",
+            [
+                (n, POS)
+                for n in ("cart_reference", "contact_id", "items", "time", "language", "url")
+            ],
+        ),
+        ("Utm", [("key", POS), ("value", POS)]),
+        (
+            "ProductView",
+            [
+                (n, POS)
+                for n in (
+                    "item_id",
+                    "contact_id",
+                    "time",
+                    "category",
+                    "session_id",
+                    "new_session",
+                    "language",
+                    "url",
+                    "external_referrer",
+                    "utm",
+                )
+            ],
+        ),
+        (
+            "RetryPolicy",
+            [(n, KW) for n in ("max_attempts", "initial_backoff", "max_backoff", "max_elapsed")],
+        ),
+    ],
+)
+def test_constructor_signatures_match_the_design(
+    name: str, parameters: list[tuple[str, str]]
+) -> None:
+    assert _parameters(getattr(vt, name)) == parameters
+
+
+def test_client_options_after_the_key_are_keyword_only() -> None:
+    parameters = _parameters(vt.TrackingClient)
+    assert parameters[:2] == [("base_url", POS), ("api_key", POS)]
+    assert {kind for _, kind in parameters[2:]} == {KW}
+    assert [n for n, _ in parameters[2:8]] == [
+        "user_agent",
+        "session",
+        "timeout",
+        "retry",
+        "max_requests_per_second",
+        "max_batch_size",
+    ]
