@@ -346,8 +346,9 @@ def test_plain_http_is_allowed_to_loopback_hosts(url: str) -> None:
     ],
 )
 def test_bad_client_options_are_value_errors(option: str, value: object) -> None:
+    options: dict[str, Any] = {option: value}
     with pytest.raises(ValueError, match=option):
-        vt.TrackingClient(BASE, KEY, **{option: value})
+        vt.TrackingClient(BASE, KEY, **options)
 
 
 def test_retry_must_be_a_retry_policy() -> None:

@@ -216,7 +216,7 @@ def test_quantity_rejects_bool() -> None:
 
 def test_quantity_rejects_float() -> None:
     with pytest.raises(vt.InvalidEventError, match="got float"):
-        vt.CartItem("sku", 1.0)
+        vt.CartItem("sku", 1.0)  # type: ignore[arg-type]
 
 
 def test_quantity_must_fit_a_32_bit_int_and_not_be_negative() -> None:

@@ -114,8 +114,8 @@ async def test_no_key_in_debug_logs_or_errors_across_failures(
     assert KEY not in caplog.text
     for record in caplog.records:
         assert KEY not in record.getMessage()
-    for error in errors:
-        assert_no_key(error)
+    for caught in errors:
+        assert_no_key(caught)
 
 
 def test_recorded_requests_and_fake_repr_hold_no_key() -> None:

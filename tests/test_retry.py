@@ -43,7 +43,7 @@ def test_retry_policy_is_frozen_and_keyword_only() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         policy.max_attempts = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
-        vt.RetryPolicy(3)  # type: ignore[misc]
+        vt.RetryPolicy(3)  # type: ignore[call-arg]
 
 
 def test_unbounded_attempts_need_max_elapsed() -> None:
