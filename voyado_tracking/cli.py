@@ -747,6 +747,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -828,7 +838,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds per request (default 10)")
     send.add_argument("--retry-for", type=_seconds, default=120.0,
                       help="give up on a batch after retrying this many seconds (default 120)")
-    send.add_argument("--max-rps", type=float, default=40.0,
+    send.add_argument("--max-rps", type=_non_negative, default=40.0,
                       help="client-side request rate limit, 0 for none (default 40)")
     send.add_argument("--spool", metavar="FILE",
                       help="append undelivered events to FILE (JSON Lines, replayable "
@@ -848,13 +858,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="the key the fake accepts (default test-api-key)")
     fake.add_argument("--public", action="store_true",
                       help="allow a --host that is not a loopback address")
-    fake.add_argument("--latency", type=float, default=0.0,
+    fake.add_argument("--latency", type=_non_negative, default=0.0,
                       help="seconds added to every answer (default 0)")
     fake.add_argument("--error-rate", type=_rate, default=0.0,
                       help="share of requests answered 5xx")
     fake.add_argument("--rate-limit-rate", type=_rate, default=0.0,
                       help="share of requests answered 429")
-    fake.add_argument("--retry-after", type=float, default=1.0,
+    fake.add_argument("--retry-after", type=_non_negative, default=1.0,
                       help="Retry-After of the injected 429s, in seconds (default 1)")
     fake.add_argument("--drop-rate", type=_rate, default=0.0,
                       help="share of connections dropped without an answer")
@@ -868,8 +878,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "fake-server":
-            if args.latency < 0:
-                raise UsageError("--latency must be >= 0")
             return asyncio.run(_fake_server(args))
         mode = _progress_mode(args.progress, sys.stderr)
         default_level = logging.ERROR if args.command == "demo" else logging.WARNING
