@@ -98,6 +98,16 @@ def test_datetime_subclass_is_stored_as_a_plain_datetime() -> None:
     assert to_wire(event)["time"] is event.time
 
 
+def test_zoned_time_is_kept_as_its_fixed_offset_at_that_instant() -> None:
+    """What the wire carries, so a replayed event equals the original (DST folds included)."""
+    from zoneinfo import ZoneInfo
+
+    second_0230 = datetime(2021, 10, 31, 2, 30, tzinfo=ZoneInfo("Europe/Stockholm"), fold=1)
+    event = cart(time=second_0230)
+    assert event.time.tzinfo == timezone(timedelta(hours=1))
+    assert event.time.timestamp() == second_0230.timestamp()
+
+
 def test_default_time_is_now_in_utc() -> None:
     before = datetime.now(timezone.utc)
     event = view()

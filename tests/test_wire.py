@@ -194,6 +194,25 @@ def test_batch_body_is_the_list_of_wire_dicts(batch: list[vt.Cart | vt.ProductVi
     assert orjson.loads(dumps(batch)) == expected
 
 
+def _whole_minute_offset(moment: datetime) -> bool:
+    offset = moment.utcoffset()
+    return offset is not None and not offset % timedelta(minutes=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1950, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones()
+    ).filter(_whole_minute_offset)
+)
+def test_times_in_named_zones_round_trip_equal(moment: datetime) -> None:
+    """DST folds and gaps included: == on the round-tripped event still holds."""
+    event = vt.Cart("c", GUID, time=moment)
+    again = line_to_event(event_to_line(event))
+    assert _same(again, event)
+    assert hash(again) == hash(event)
+
+
 def test_zoneinfo_time_serialises_with_its_offset_at_that_instant() -> None:
     from zoneinfo import ZoneInfo
 

@@ -139,11 +139,13 @@ def parse_time(value: object, field: str = "time") -> datetime:
                 field, "must be timezone-aware (a naive datetime has no instant; add tzinfo)"
             )
         _check_offset(field, offset)
-        if type(value) is not datetime:
-            # A subclass (pendulum, pandas.Timestamp, ...) is valid but orjson cannot encode it.
+        if type(value) is not datetime or type(value.tzinfo) is not timezone:
+            # Kept as a plain datetime with a fixed offset, exactly what the wire carries: orjson
+            # cannot encode datetime subclasses (pendulum, pandas.Timestamp), and a zone-aware
+            # time in a DST fold or gap never compares equal to its own round trip (PEP 495).
             value = datetime(
                 value.year, value.month, value.day, value.hour, value.minute, value.second,
-                value.microsecond, tzinfo=value.tzinfo, fold=value.fold,
+                value.microsecond, tzinfo=timezone(offset),
             )
         return value
     raise InvalidEventError(
