@@ -8,6 +8,8 @@ from email.utils import format_datetime
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import voyado_tracking as vt
 from voyado_tracking._retry import MAX_RETRY_AFTER, RateLimitGate, TokenBucket, parse_retry_after
@@ -239,3 +241,18 @@ async def test_bucket_keeps_the_rate_over_a_window() -> None:
     for _ in range(30):
         await bucket.acquire()
     assert t.now - start == pytest.approx(2.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"\A[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{1,5} \d\d:\d\d:\d\d [+-]\d{4}\Z"),
+        st.floats().map(str),
+    ),
+    st.floats(min_value=0, max_value=4e9),
+)
+def test_retry_after_never_raises_and_stays_in_range(header: str, now: float) -> None:
+    """A hostile or broken header can only mean "no advice" or a bounded pause."""
+    seconds = parse_retry_after(header, now=now)
+    assert seconds is None or 0.0 <= seconds <= MAX_RETRY_AFTER
