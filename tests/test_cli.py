@@ -367,6 +367,27 @@ async def test_a_spool_written_while_the_server_was_down_is_delivered_by_send(
     assert fake.carts == expected
 
 
+async def test_an_interrupted_send_spools_what_it_had_not_delivered(tmp_path: Path) -> None:
+    events = [view(f"SKU-{n}") for n in range(5)]
+    path = write_events(tmp_path / "e.jsonl", events)
+    spool = tmp_path / "spool.jsonl"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "send", str(path), "--spool", str(spool),
+        "--base-url", f"http://127.0.0.1:{closed_port()}", "--api-key", "k",
+        "--retry-for", "600", "--progress", "none",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    # The first failed delivery is logged: the send is now retrying, for up to 600 s.
+    await asyncio.wait_for(process.stderr.readline(), 30)
+    process.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1, err
+    assert b"interrupted" in err
+    spooled = [line_to_event(line) for line in spool.read_bytes().splitlines()]
+    assert spooled == events
+
+
 async def test_a_batch_whose_send_had_not_started_at_close_is_spooled(tmp_path: Path) -> None:
     """Regression: a send task cancelled before its first step lost its batch (not spooled)."""
     spool = tmp_path / "spool.jsonl"

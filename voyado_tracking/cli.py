@@ -115,33 +115,47 @@ async def _progress(mode: str, title: str, poll: Poll, interval: float) -> Async
 
 @contextlib.asynccontextmanager
 async def _rich_progress(title: str, poll: Poll) -> AsyncIterator[None]:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         SpinnerColumn,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
     )
+    from rich.text import Text
 
-    progress = Progress(
+    class StatusProgress(Progress):
+        """A progress bar with a line of counters under it (too long for one 80-column row)."""
+
+        status = ""
+
+        def get_renderables(self) -> Iterator[RenderableType]:
+            yield self.make_tasks_table(self.tasks)
+            yield Text(f"  {self.status}", style="dim")
+
+    progress = StatusProgress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        BarColumn(bar_width=30),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
         console=Console(stderr=True),
     )
-    completed, total, status = poll()
-    task_id = progress.add_task(title, total=total, completed=completed, status=status)
+
+    def refresh() -> None:
+        completed, total, status = poll()
+        progress.status = status
+        progress.update(task_id, completed=completed, total=total)
+
+    task_id = progress.add_task(title, total=None)
+    refresh()
 
     async def tick() -> None:
         while True:
             await asyncio.sleep(0.1)
-            completed, total, status = poll()
-            progress.update(task_id, completed=completed, total=total, status=status)
+            refresh()
 
     with progress:
         task = asyncio.get_running_loop().create_task(tick())
@@ -151,8 +165,7 @@ async def _rich_progress(title: str, poll: Poll) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            completed, total, status = poll()
-            progress.update(task_id, completed=completed, total=total, status=status)
+            refresh()
 
 
 def _configure_logging(mode: str, level: int) -> None:
@@ -385,7 +398,11 @@ async def _demo(args: argparse.Namespace, mode: str) -> int:
             )
 
             def poll() -> tuple[int, int | None, str]:
-                return traffic.generated, traffic.budget, _stats_text(buffer.stats)
+                # Once the shoppers are done (budget or duration), the bar is complete.
+                total = traffic.generated if traffic_over else traffic.budget
+                return traffic.generated, total, _stats_text(buffer.stats)
+
+            traffic_over = False
 
             started = time.monotonic()
             async with _progress(mode, "shop traffic", poll, 1.0):
@@ -396,6 +413,7 @@ async def _demo(args: argparse.Namespace, mode: str) -> int:
                     for n in range(args.shoppers)
                 ]
                 await asyncio.gather(*shoppers)
+                traffic_over = True
                 traffic_done = traffic.last_event_at or time.monotonic()
                 await buffer.aclose(timeout=settings.shutdown_timeout)
             finished = time.monotonic()
@@ -409,23 +427,24 @@ async def _demo(args: argparse.Namespace, mode: str) -> int:
         views = sum(traffic.views.values())
         traffic_time = max(traffic_done - started, 1e-9)
         total_time = max(finished - started, 1e-9)
+        pad = " " * 37
         print(
             "\n".join([
                 "",
                 "Report",
-                f"  events enqueued         {stats.enqueued:>8}  ({views} product views, "
-                f"{traffic.cart_updates} cart updates; {traffic.checkouts} checkouts, "
-                f"{traffic.abandoned} abandoned carts)",
-                f"  cart updates collapsed  {stats.collapsed:>8}  (superseded in the buffer "
-                "before they were sent)",
-                f"  events sent             {stats.sent:>8}",
-                f"  requests sent           {stats.requests:>8}  (faults injected by the fake: "
-                f"{faults or 'none'})",
-                f"  retries                 {stats.retries:>8}",
-                f"  dropped / dead-lettered {stats.dropped:>4} / {stats.dead_lettered}",
-                f"  throughput              {stats.enqueued / traffic_time:>8.0f} events/s "
-                f"enqueued over {traffic_time:.1f} s of traffic; all delivered "
-                f"{total_time - traffic_time:.2f} s after it ended",
+                f"  events enqueued          {stats.enqueued:>8}  {views} product views, "
+                f"{traffic.cart_updates} cart updates",
+                f"{pad}({traffic.checkouts} checkouts, {traffic.abandoned} abandoned carts)",
+                f"  cart updates collapsed   {stats.collapsed:>8}  superseded in the buffer "
+                "before sending",
+                f"  events sent              {stats.sent:>8}",
+                f"  requests sent            {stats.requests:>8}  faults injected: "
+                f"{faults or 'none'}",
+                f"  retries                  {stats.retries:>8}",
+                f"  dropped / dead-lettered  {stats.dropped:>4} / {stats.dead_lettered}",
+                f"  events/s                 {stats.enqueued / traffic_time:>8.0f}  enqueued "
+                f"over {traffic_time:.1f} s of traffic",
+                f"{pad}(all delivered {total_time - traffic_time:.2f} s after it ended)",
                 "",
             ])
         )
@@ -606,11 +625,10 @@ async def _deliver(
     buffer = TrackingBuffer(
         client, settings, on_dead_letter=dead_letter, on_drop=dropped, spool_path=spool
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async def pump() -> None:
+        async for event in _read_events(stream, source, state):
+            await buffer.put(event)
+        await buffer.flush()
 
     def poll() -> tuple[int, int | None, str]:
         stats = buffer.stats
@@ -620,24 +638,31 @@ async def _deliver(
             f"{state.lines} lines  skipped {state.invalid}  {_stats_text(stats)}",
         )
 
-    try:
-        async with _progress(mode, "sending", poll, 2.0):
-            async for event in _read_events(stream, source, state):
-                if stop.is_set():
-                    print(f"{PROG}: interrupted after line {state.lines}", file=sys.stderr)
-                    break
-                await buffer.put(event)
-            if not stop.is_set():
-                flush = asyncio.ensure_future(buffer.flush())
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({flush, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (flush, stopped):
-                    task.cancel()
+    loop = asyncio.get_running_loop()
+    interrupted = False
+    async with _progress(mode, "sending", poll, 2.0):
+        pumping = loop.create_task(pump())
+
+        def interrupt() -> None:
+            # Stop reading and retrying at once; the close below spools what is left.
+            nonlocal interrupted
+            interrupted = True
+            pumping.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, interrupt)
+        try:
+            await pumping
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            print(f"{PROG}: interrupted after line {state.lines}", file=sys.stderr)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
             await buffer.aclose(timeout=settings.shutdown_timeout)
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
     return _send_report(buffer.stats, state, spool)
 
 
