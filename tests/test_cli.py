@@ -8,14 +8,14 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._wire import event_to_line, line_to_event
+from voyado_tracking._wire import Event, event_to_line, line_to_event
 from voyado_tracking.testing import FakeVoyado
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -74,7 +74,7 @@ def cart(reference: str, *skus: str, minute: int = 0) -> vt.Cart:
     )
 
 
-def write_events(path: Path, events: list[vt.Cart | vt.ProductView]) -> Path:
+def write_events(path: Path, events: Sequence[Event]) -> Path:
     path.write_bytes(b"".join(event_to_line(e) for e in events))
     return path
 
@@ -88,9 +88,9 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def fake() -> FakeVoyado:
+async def fake() -> AsyncIterator[FakeVoyado]:
     async with FakeVoyado() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 # -- help and usage ------------------------------------------------------------------------
@@ -168,7 +168,7 @@ async def test_progress_degrades_to_plain_lines_without_rich() -> None:
 async def test_send_delivers_good_lines_and_reports_bad_ones_by_line_number(
     fake: FakeVoyado, tmp_path: Path
 ) -> None:
-    good = [view("SKU-1"), cart("c-1", "A", "B"), view("SKU-2")]
+    good: list[Event] = [view("SKU-1"), cart("c-1", "A", "B"), view("SKU-2")]
     lines = [
         event_to_line(good[0]),                                             # 1
         b'{"type": "product_view", "event": {"itemId": "X"\n',              # 2 broken JSON
@@ -216,6 +216,16 @@ async def test_send_collapses_updates_of_one_cart_to_the_latest(
     result = await run_cli("send", str(path), env=connection(fake))
     assert result.returncode == 0
     assert fake.carts == {"c-1": latest}
+
+
+async def test_a_byte_order_mark_at_the_start_of_the_file_is_ignored(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + event_to_line(view("SKU-1")))
+    result = await run_cli("send", str(path), env=connection(fake))
+    assert result.returncode == 0, result.stderr
+    assert fake.product_views == [view("SKU-1")]
 
 
 async def test_send_reads_stdin_when_the_file_is_a_dash(fake: FakeVoyado) -> None:
@@ -327,7 +337,7 @@ async def test_an_http_url_to_a_remote_host_is_a_usage_error(tmp_path: Path) -> 
 
 
 async def test_undelivered_events_are_written_to_the_spool_and_exit_1(tmp_path: Path) -> None:
-    events = [view("SKU-1"), cart("c-1", "A"), view("SKU-2")]
+    events: list[Event] = [view("SKU-1"), cart("c-1", "A"), view("SKU-2")]
     path = write_events(tmp_path / "e.jsonl", events)
     spool = tmp_path / "spool.jsonl"
     result = await run_cli(
@@ -351,8 +361,10 @@ async def test_a_spool_written_while_the_server_was_down_is_delivered_by_send(
     async with vt.TrackingClient(f"http://127.0.0.1:{closed_port()}", "k",
                                  max_requests_per_second=None) as client:
         buffer = vt.TrackingBuffer(client, settings, spool_path=spool)
-        for event in [*views, *carts]:
+        for event in views:
             buffer.enqueue(event)
+        for update in carts:
+            buffer.enqueue(update)
         await buffer.aclose(timeout=0.3)
     assert buffer.stats.spooled == 40  # 41 updates, one collapsed
     assert b'"reason"' in spool.read_bytes()
@@ -384,6 +396,7 @@ async def test_an_interrupted_send_spools_what_it_had_not_delivered(tmp_path: Pa
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1, err
     assert b"interrupted" in err
+    assert b"spooled 5" in out
     spooled = [line_to_event(line) for line in spool.read_bytes().splitlines()]
     assert spooled == events
 

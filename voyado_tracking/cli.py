@@ -511,6 +511,8 @@ async def _read_events(
         for raw in block:
             state.lines += 1
             state.read_bytes += len(raw)
+            if state.lines == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte order mark, as some editors write
             if not raw.strip():
                 continue
             try:
