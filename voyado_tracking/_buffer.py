@@ -145,18 +145,21 @@ class PendingStore:
         return self.add_cart(event, now)  # type: ignore[arg-type]
 
     def add_view(self, view: ProductView, now: float) -> bool:
-        if self.held >= self.settings.max_pending and not self._make_room(view):
+        settings = self.settings
+        views = self.views
+        # self.held, inlined: this is the hot path of enqueue().
+        held = len(self.carts) + len(views) + self.in_flight
+        if held >= settings.max_pending and not self._make_room(view):
             return False
         self.enqueued += 1
-        views = self.views
         views.append(view)
         self.view_times.append(now)
         self.view_bytes += size_hint(view)
         n = len(views)
         return (
             n == 1
-            or n == self.settings.max_batch_size
-            or self.view_bytes >= self.settings.max_batch_bytes
+            or n == settings.max_batch_size
+            or self.view_bytes >= settings.max_batch_bytes
         )
 
     def add_cart(self, cart: Cart, now: float) -> bool:
@@ -265,12 +268,13 @@ class PendingStore:
         else:
             views, times = self.views, self.view_times
             count = min(limit, len(views))
+            popleft = views.popleft
+            events = [popleft() for _ in range(count)]
             for _ in range(count):
-                view = views.popleft()
-                self.view_bytes -= size_hint(view)
-                events.append(view)
                 times.popleft()
-            if not views:
+            if views:
+                self.view_bytes -= sum(map(size_hint, events))
+            else:
                 self.view_bytes = 0
         self.in_flight += len(events)
         return _Batch(kind, events, first_at)
@@ -444,9 +448,14 @@ class TrackingBuffer:
         if asyncio._get_running_loop() is not self._loop or self._flusher is None:
             self._ensure_running()
         kind = type(event)
-        if kind is not ProductView and kind is not Cart:
+        # Straight to the stream's method: enqueue is the caller's cost, keep it short.
+        if kind is ProductView:
+            wake = self._store.add_view(event, self._clock())  # type: ignore[arg-type]
+        elif kind is Cart:
+            wake = self._store.add_cart(event, self._clock())  # type: ignore[arg-type]
+        else:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
-        if self._store.add(event, self._clock()):
+        if wake:
             self._wake.set()  # type: ignore[union-attr]
 
     def enqueue_threadsafe(self, event: Event) -> concurrent.futures.Future[None]:
