@@ -141,6 +141,26 @@ async def test_token_bucket_spaces_requests_beyond_the_burst(fake: FakeVoyado) -
     assert len(fake.product_views) == 60
 
 
+async def test_requests_released_by_a_429_pause_keep_the_rate(fake: FakeVoyado) -> None:
+    """Slots reserved before a pause are stale after it: no herd when the gate reopens."""
+    loop = asyncio.get_running_loop()
+    async with client_for(fake, max_requests_per_second=10.0) as client:
+        assert client._bucket is not None
+        for _ in range(10):
+            client._bucket.reserve()  # the burst is spent: slots come every 0.1 s
+        done: list[float] = []
+
+        async def send(item: str) -> None:
+            await client.register_product_view(a_view(item))
+            done.append(loop.time())
+
+        tasks = [asyncio.create_task(send(str(i))) for i in range(5)]
+        await asyncio.sleep(0)  # every task has reserved its slot (0.1 .. 0.5 s)
+        client._gate.pause(0.6)  # as a 429 would
+        await asyncio.gather(*tasks)
+    assert max(done) - min(done) >= 0.2  # spread like the rate, not all at 0.6 s
+
+
 async def test_timeout_is_a_transport_error(fake: FakeVoyado) -> None:
     fake.latency = 0.5
     async with client_for(fake, timeout=0.05, retry=vt.RetryPolicy(max_attempts=1)) as client:

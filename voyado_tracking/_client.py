@@ -269,7 +269,12 @@ class TrackingClient:
         await self._gate.wait()
         if self._bucket is not None:
             await self._bucket.acquire()
-            await self._gate.wait()  # a 429 may have arrived while we queued for a slot
+            # A 429 may have closed the gate while we queued for a slot. That slot is stale
+            # once the pause is over: take a new one, or everyone held by the pause would
+            # fire at once when it ends.
+            while self._gate.remaining() > 0:
+                await self._gate.wait()
+                await self._bucket.acquire()
         session = self._get_session()
         started = time.monotonic()
         try:
