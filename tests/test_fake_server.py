@@ -366,6 +366,13 @@ async def test_reset_forgets_state_and_faults(
     assert (fake.carts, len(fake.requests), fake.faults_injected) == ({}, 1, {})
 
 
+async def test_reset_releases_a_hold(fake: FakeVoyado, client: vt.TrackingClient) -> None:
+    fake.hold()
+    fake.reset()
+    await asyncio.wait_for(client.register_product_view(vt.ProductView("x", GUID)), 5)
+    assert len(fake.product_views) == 1
+
+
 async def test_fake_url_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = FakeVoyado().url

@@ -222,6 +222,7 @@ class FakeVoyado:
         self.reject_cart_references.clear()
         self.latency = 0.0
         self._faults_injected.clear()
+        self.release()
 
     # -- the endpoints ------------------------------------------------------------------------
 
