@@ -185,8 +185,9 @@ async def test_send_delivers_good_lines_and_reports_bad_ones_by_line_number(
     result = await run_cli("send", str(path), env=connection(fake))
 
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if "skipped" in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{path}:")]
     assert [line.split(":")[1] for line in errors] == ["2", "4", "5", "7"]
+    assert all(": skipped: " in line for line in errors)
     assert "not valid JSON" in errors[0]
     assert "type must be 'cart' or 'product_view'" in errors[1]
     assert "contactId" in errors[2]

@@ -96,13 +96,16 @@ async def _progress(mode: str, title: str, poll: Poll, interval: float) -> Async
         return
     started = time.monotonic()
 
+    def line() -> None:
+        completed, total, status = poll()
+        of = f"/{total}" if total is not None else ""
+        print(f"{title} [{time.monotonic() - started:5.1f}s] {completed}{of} {status}",
+              file=sys.stderr, flush=True)
+
     async def tick() -> None:
         while True:
             await asyncio.sleep(interval)
-            completed, total, status = poll()
-            of = f"/{total}" if total is not None else ""
-            print(f"{title} [{time.monotonic() - started:5.1f}s] {completed}{of} {status}",
-                  file=sys.stderr, flush=True)
+            line()
 
     task = asyncio.get_running_loop().create_task(tick())
     try:
@@ -111,6 +114,7 @@ async def _progress(mode: str, title: str, poll: Poll, interval: float) -> Async
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        line()  # the final state, however short the run
 
 
 @contextlib.asynccontextmanager
