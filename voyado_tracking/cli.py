@@ -448,7 +448,7 @@ async def _demo(args: argparse.Namespace, mode: str) -> int:
                 f"  dropped / dead-lettered  {stats.dropped:>4} / {stats.dead_lettered}",
                 f"  events/s                 {stats.enqueued / traffic_time:>8.0f}  enqueued "
                 f"over {traffic_time:.1f} s of traffic",
-                f"{pad}(all delivered {total_time - traffic_time:.2f} s after it ended)",
+                f"{pad}(buffer drained {total_time - traffic_time:.2f} s after the traffic ended)",
                 "",
             ])
         )
