@@ -98,8 +98,8 @@ async def _progress(mode: str, title: str, poll: Poll, interval: float) -> Async
 
     def line() -> None:
         completed, total, status = poll()
-        of = f"/{total}" if total is not None else ""
-        print(f"{title} [{time.monotonic() - started:5.1f}s] {completed}{of} {status}",
+        done = f"{100 * completed / total:3.0f}% " if total else ""
+        print(f"{title} [{time.monotonic() - started:5.1f}s] {done}{status}",
               file=sys.stderr, flush=True)
 
     async def tick() -> None:
@@ -404,7 +404,8 @@ async def _demo(args: argparse.Namespace, mode: str) -> int:
             def poll() -> tuple[int, int | None, str]:
                 # Once the shoppers are done (budget or duration), the bar is complete.
                 total = traffic.generated if traffic_over else traffic.budget
-                return traffic.generated, total, _stats_text(buffer.stats)
+                status = f"enqueued {traffic.generated}  {_stats_text(buffer.stats)}"
+                return traffic.generated, total, status
 
             traffic_over = False
 
