@@ -1,0 +1,271 @@
+"""Run every benchmark, interleaved, against one loopback sink; print a markdown table.
+
+    python benchmarks/run.py            # N=100k, 3 rounds (about 5-8 minutes on 2 cores)
+    python benchmarks/run.py --quick    # N=10k, 2 rounds (under a minute)
+
+The sink (``sink.py``) runs in its own process for the whole run. Each trial is a fresh
+interpreter (``scenarios.py SCENARIO LIB``), and the trials of one round run one after the
+other — ours, then Segment's, then PostHog's, ... — so machine noise hits every library alike.
+Cells are medians over the rounds with their range (min to max); ratios are ratios of medians.
+A library that cannot be imported or does not work shows "n/a" with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+EN_DASH = "\u2013"
+HERE = Path(__file__).resolve().parent
+SCENARIOS = HERE / "scenarios.py"
+SINK = HERE / "sink.py"
+
+# (scenario, library, how many events for it given N)
+TRIALS: list[tuple[str, str, Callable[[int], int]]] = [
+    ("caller", "voyado-enqueue", lambda n: n),
+    ("caller", "voyado-build-enqueue", lambda n: n),
+    ("caller", "segment", lambda n: n),
+    ("caller", "posthog", lambda n: n),
+    ("throughput", "voyado", lambda n: n),
+    ("throughput", "voyado-prebuilt", lambda n: n),
+    ("throughput", "segment", lambda n: n),
+    ("throughput", "posthog", lambda n: n),
+    ("throughput", "raw", lambda n: n),
+    ("throughput", "raw-serialising", lambda n: n),
+    ("throughput", "sdk-batch", lambda n: n),
+    ("throughput", "sdk-single", lambda n: max(50, n // 50)),
+    ("memory", "voyado", lambda n: n),
+    ("memory", "segment", lambda n: n),
+    ("memory", "posthog", lambda n: n),
+    ("latency", "voyado", lambda n: max(50, min(1000, n // 100))),
+    ("latency", "sdk", lambda n: max(50, min(1000, n // 100))),
+    ("looplag", "voyado", lambda n: n),
+    ("collapse", "voyado", lambda n: n),
+]
+PACKAGES = ["voyado-tracking", "aiohttp", "attrs", "cattrs", "orjson",
+            "segment-analytics-python", "posthog", "voyado-engage-client", "requests", "psutil"]
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], str]:
+    sink = subprocess.Popen([sys.executable, str(SINK)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert sink.stdout is not None
+    line = sink.stdout.readline().decode()
+    if not line.startswith("PORT "):
+        sink.kill()
+        raise SystemExit(f"the sink did not start: {line!r}")
+    return sink, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def run_trial(scenario: str, lib: str, n: int, sink: str, timeout: float) -> dict[str, Any]:
+    command = [sys.executable, str(SCENARIOS), scenario, lib, "--n", str(n), "--sink", sink]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
+        if line.startswith("{"):
+            result: dict[str, Any] = orjson.loads(line)
+            return result
+    tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {done.returncode}: {tail[0][:160]}"}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+    def add(self, scenario: str, lib: str, result: dict[str, Any]) -> None:
+        self.values.setdefault((scenario, lib), []).append(result)
+
+    def samples(self, scenario: str, lib: str, key: str) -> list[float] | str:
+        """The numbers measured, or the reason there are none."""
+        runs = self.values.get((scenario, lib), [])
+        numbers = [r[key] for r in runs if key in r]
+        if numbers:
+            return [float(x) for x in numbers]
+        errors = [r["error"] for r in runs if "error" in r]
+        return errors[0] if errors else "not run"
+
+
+def fmt(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:,.0f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def cell(samples: list[float] | str) -> str:
+    if isinstance(samples, str):
+        return f"n/a ({samples})"
+    middle = statistics.median(samples)
+    if len(samples) == 1:
+        return fmt(middle)
+    return f"{fmt(middle)} ({fmt(min(samples))}{EN_DASH}{fmt(max(samples))})"
+
+
+def table(results: Results) -> str:
+    rows: list[tuple[str, str, str, str, str, str]] = []
+
+    def compare(metric: str, ours: tuple[str, str, str], theirs: tuple[str, str, str] | None,
+                label: str, ratio_of: str, target: float | None, higher_is_better: bool) -> None:
+        mine = results.samples(*ours)
+        other = results.samples(*theirs) if theirs else "—"
+        ratio_text, verdict = "—", ""
+        other_cell = "—" if theirs is None else f"{label}: {cell(other)}"
+        if not isinstance(mine, str) and theirs is not None and not isinstance(other, str):
+            a, b = statistics.median(mine), statistics.median(other)
+            ratio = a / b if ratio_of == "ours/theirs" else b / a
+            ratio_text = f"{ratio:.3g}x" if ratio >= 0.01 else f"{ratio:.2g}x"
+            if target is not None:
+                ok = ratio >= target if higher_is_better else ratio <= target
+                verdict = "PASS" if ok else "FAIL"
+        target_text = "—" if target is None else (
+            f"≥ {target:g}x" if higher_is_better else f"≤ {target:g}x")
+        if target is not None and not verdict:
+            verdict = "n/a"
+        rows.append((metric, cell(mine), other_cell, ratio_text, target_text, verdict))
+
+    def absolute(metric: str, ours: tuple[str, str, str], target: float | None,
+                 note: str = "—") -> None:
+        mine = results.samples(*ours)
+        verdict = ""
+        if target is not None:
+            verdict = "n/a" if isinstance(mine, str) else (
+                "PASS" if statistics.median(mine) <= target else "FAIL")
+        target_text = "—" if target is None else f"≤ {fmt(target)}"
+        rows.append((metric, cell(mine), note, "—", target_text, verdict))
+
+    enqueue = ("caller", "voyado-enqueue", "us_per_call")
+    build = ("caller", "voyado-build-enqueue", "us_per_call")
+    compare("caller cost, µs/call: `enqueue()` of a pre-built event", enqueue,
+            ("caller", "segment", "us_per_call"), "Segment `track()`", "ours/theirs", 0.1, False)
+    compare("caller cost, µs/call: `enqueue()` of a pre-built event", enqueue,
+            ("caller", "posthog", "us_per_call"), "PostHog `capture()`", "ours/theirs", None,
+            False)
+    compare("caller cost, µs/call: build `ProductView` + `enqueue()`", build,
+            ("caller", "segment", "us_per_call"), "Segment `track()`", "ours/theirs", None, False)
+    for variant, what in (("voyado", "events built in the loop"),
+                          ("voyado-prebuilt", "pre-built events")):
+        ours = ("throughput", variant, "events_per_s")
+        metric = f"delivered events/s ({what})"
+        compare(metric, ours, ("throughput", "segment", "events_per_s"), "Segment",
+                "ours/theirs", 7, True)
+        compare(metric, ours, ("throughput", "raw", "events_per_s"),
+                "raw aiohttp+orjson floor", "ours/theirs", 0.5, True)
+    compare("delivered events/s (pre-built events)", ("throughput", "voyado-prebuilt",
+            "events_per_s"), ("throughput", "raw-serialising", "events_per_s"),
+            "raw floor serialising each batch as it goes", "ours/theirs", None, True)
+    ours = ("throughput", "voyado", "events_per_s")
+    metric = "delivered events/s (events built in the loop)"
+    compare(metric, ours, ("throughput", "posthog", "events_per_s"), "PostHog", "ours/theirs",
+            None, True)
+    compare(metric, ours, ("throughput", "sdk-batch", "events_per_s"),
+            "generated SDK, batches of 500", "ours/theirs", None, True)
+    compare(metric, ours, ("throughput", "sdk-single", "events_per_s"),
+            "generated SDK, single calls (N/50, extrapolated)", "ours/theirs", None, True)
+    absolute("memory per buffered product view, bytes (RSS)", ("memory", "voyado",
+             "bytes_per_event"), 800)
+    compare("memory per buffered product view, bytes (RSS)",
+            ("memory", "voyado", "bytes_per_event"),
+            ("memory", "segment", "bytes_per_event"), "Segment queue", "ours/theirs", None,
+            False)
+    compare("memory per buffered product view, bytes (RSS)",
+            ("memory", "voyado", "bytes_per_event"),
+            ("memory", "posthog", "bytes_per_event"), "PostHog queue", "ours/theirs", None,
+            False)
+    compare("single awaited `register_product_view`, ms (median)",
+            ("latency", "voyado", "ms"), ("latency", "sdk", "ms"),
+            "generated SDK single call", "theirs/ours (x faster)", 4, True)
+    absolute("event-loop lag while flushing, p50 ms", ("looplag", "voyado", "p50_ms"), None)
+    absolute("event-loop lag while flushing, p99 ms", ("looplag", "voyado", "p99_ms"), None)
+    absolute("event-loop lag while flushing, max ms", ("looplag", "voyado", "max_ms"), 5.0,
+             f"same ticker on an idle loop (noise floor): "
+             f"{cell(results.samples('looplag', 'voyado', 'idle_max_ms'))}")
+    absolute("cart collapse: requests sent", ("collapse", "voyado", "requests"), None,
+             "cart updates over 1k carts, default settings")
+    absolute("cart collapse: cart updates sent", ("collapse", "voyado", "sent"), None,
+             "the rest collapsed (only the latest `time` per cart matters)")
+
+    lines = [
+        "| measurement | voyado_tracking | compared with | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_facts(n: int, rounds: int) -> str:
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return "\n".join([
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+        f"{platform.release()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()})",
+        f"- {', '.join(versions)}",
+        f"- N = {n:,} events per trial, {rounds} interleaved round(s); Voyado client with "
+        "`max_requests_per_second=None` except in the cart-collapse trial (defaults)",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=10k, 2 rounds")
+    parser.add_argument("--n", type=int, help="events per trial (default 100000)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    parser.add_argument("--only", help="comma-separated scenarios (caller, throughput, "
+                        "memory, latency, looplag, collapse)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per trial")
+    args = parser.parse_args()
+    n = args.n or (10_000 if args.quick else 100_000)
+    rounds = args.rounds or (2 if args.quick else 3)
+    only = set(args.only.split(",")) if args.only else None
+    trials = [t for t in TRIALS if only is None or t[0] in only]
+
+    sink, url = start_sink()
+    results = Results()
+    started = time.monotonic()
+    try:
+        for round_ in range(1, rounds + 1):
+            for scenario, lib, count in trials:
+                t0 = time.monotonic()
+                result = run_trial(scenario, lib, count(n), url, args.timeout)
+                results.add(scenario, lib, result)
+                print(f"[round {round_}/{rounds}] {scenario:<10} {lib:<22} "
+                      f"{time.monotonic() - t0:5.1f} s  {orjson.dumps(result).decode()[:120]}",
+                      file=sys.stderr, flush=True)
+    finally:
+        assert sink.stdin is not None
+        sink.stdin.close()
+        try:
+            sink.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sink.kill()
+    print(f"\n## Results ({time.monotonic() - started:.0f} s)\n")
+    print(machine_facts(n, rounds))
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
