@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -230,3 +231,21 @@ async def test_one_connection_pool_is_reused(fake: FakeVoyado) -> None:
         session = client._session
         await client.register_product_view(a_view())
         assert client._session is session
+
+
+async def test_awaited_call_fails_fast_while_a_long_429_pause_lasts() -> None:
+    """A handler must not hang for a Retry-After longer than its policy's max_backoff."""
+    async with FakeVoyado() as server:
+        server.script(Fault(status=429, retry_after=30))
+        async with vt.TrackingClient(
+            server.url, server.api_key, retry=vt.RetryPolicy(max_backoff=1.0)
+        ) as c:
+            with pytest.raises(vt.RateLimitError):
+                await c.register_product_view(vt.ProductView("p1", GUID))
+            started = time.monotonic()
+            with pytest.raises(vt.RateLimitError) as caught:
+                await c.register_product_view(vt.ProductView("p1", GUID))
+            assert time.monotonic() - started < 1.0
+            assert caught.value.retry_after is not None
+            assert caught.value.retry_after > 25
+        assert len(server.requests) == 1  # the second call sent nothing

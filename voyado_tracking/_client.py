@@ -241,7 +241,7 @@ class TrackingClient:
         while True:
             attempts += 1
             try:
-                await self._send(path, body)
+                await self._send(path, body, max_pause=policy.max_backoff)
                 return
             except VoyadoError as error:
                 wait = self._retry_wait(error, policy, attempts, time.monotonic() - started)
@@ -264,8 +264,21 @@ class TrackingClient:
             wait = max(wait, error.retry_after)
         return wait if policy.allows(attempts, elapsed, wait) else None
 
-    async def _send(self, path: str, body: bytes) -> None:
-        """One POST through the shared gates; raises ApiError or TransportError on failure."""
+    async def _send(self, path: str, body: bytes, max_pause: float | None = None) -> None:
+        """One POST through the shared gates; raises ApiError or TransportError on failure.
+
+        A caller that will not wait more than *max_pause* seconds for a 429 pause to end (an
+        awaited call in a request handler) gets a RateLimitError at once instead, without a
+        request being sent.
+        """
+        paused = self._gate.remaining()
+        if max_pause is not None and paused > max_pause:
+            raise RateLimitError(
+                429,
+                "not sent: requests are paused by an earlier 429 from Voyado",
+                endpoint=path,
+                retry_after=paused,
+            )
         await self._gate.wait()
         if self._bucket is not None:
             await self._bucket.acquire()
