@@ -600,8 +600,9 @@ def main() -> None:
     except Exception as error:  # report it in the table rather than hide it
         result = {"error": f"{type(error).__name__}: {error}"[:200]}
     print(orjson.dumps(result).decode(), flush=True)
-    # Threads of the libraries compared (and their atexit flushes) must not outlive the trial.
-    os._exit(0)
+    if args.lib in ("segment", "posthog"):
+        # Their threads (and atexit flushes) must not outlive the trial.
+        os._exit(0)
 
 
 if __name__ == "__main__":
