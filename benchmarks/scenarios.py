@@ -394,8 +394,8 @@ async def _voyado_memory_wrapper(sink: str, n: int) -> dict[str, Any]:
 def _threaded_memory(sink: str, n: int, make: Callable[[str, int], Any], enqueue: str) -> dict[
     str, Any
 ]:
-    sink_get(sink, "hold")
     client = make(sink, n + 2000)
+    sink_get(sink, "hold")
     call = getattr(client, enqueue)
     # Warm up: the consumer thread takes a first batch and blocks on the held sink.
     for i in range(1000):

@@ -16,8 +16,8 @@ path                                           one event is
 anything else                                  the request itself
 =============================================  =======================================
 
-Control endpoints (GET): ``/_stats`` (JSON counts), ``/_reset``, ``/_hold`` (later requests
-wait until ``/_release``), ``/_release``.
+Control endpoints (GET): ``/_stats`` (JSON counts), ``/_reset`` (also releases),
+``/_hold`` (later requests wait until ``/_release``), ``/_release``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Sink:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.events, self.requests = {}, {}
+        self.release.set()  # a trial that failed while holding must not stall the next one
         return web.Response(body=OK_BODY, content_type="application/json")
 
     async def hold(self, request: web.Request) -> web.Response:
