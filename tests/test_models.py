@@ -381,3 +381,24 @@ def test_item_and_utm_from_arbitrary_values_are_valid_or_invalid_event_error(
     utm_error = _outcome(lambda: vt.Utm(key, value))  # type: ignore[arg-type]
     assert item_error is None or item_error.field in {"sku", "quantity"}
     assert utm_error is None or utm_error.field in {"key", "value"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="hHtTpPsS:/.-[]@?#%09azAZ \x00\x7f\u00e9", max_size=30),
+        st.text(max_size=30).map(lambda tail: "https://" + tail),
+        st.text(max_size=30).map(lambda tail: "HTTP://" + tail),
+    )
+)
+def test_url_fast_path_accepts_nothing_urlsplit_would_reject(text: str) -> None:
+    """The one-regex shortcut for common URLs never widens what counts as a valid URL."""
+    from urllib.parse import urlsplit
+
+    from voyado_tracking._models import _PLAIN_URL
+
+    if _PLAIN_URL.fullmatch(text):
+        parts = urlsplit(text)
+        assert parts.scheme.lower() in ("http", "https")
+        assert parts.netloc
+        assert not any(ch <= " " or ch == "\x7f" for ch in text)

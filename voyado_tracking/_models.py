@@ -33,12 +33,19 @@ _GUID = re.compile(
 )
 _CULTURE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# The common shape of a valid URL, checked with one regex; anything else goes through urlsplit.
+# It only matches strings urlsplit accepts as an http(s) URL with a host.
+_PLAIN_URL = re.compile(
+    r"[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\x00-\x20\x7f]*)?"
+)
+_UTC = timezone.utc
+_WHOLE_MINUTE = timedelta(minutes=1)
 
 
 def _check_text(field: str, value: object, *, limit: int = MAX_TEXT, empty_ok: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidEventError(field, f"must be a string, got {type(value).__name__}")
-    if not empty_ok and not value.strip():
+    if not empty_ok and (not value or value.isspace()):
         raise InvalidEventError(field, "must not be empty")
     if len(value) > limit:
         raise InvalidEventError(field, f"is too long ({len(value)} characters, at most {limit})")
@@ -79,15 +86,19 @@ def _url(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
     text = _check_text(attribute.name, value, limit=MAX_URL)
-    problem = f"must be an absolute http(s) URL, got {shorten(value)}"
-    if _URL_FORBIDDEN.search(text):
-        raise InvalidEventError(attribute.name, problem)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        raise InvalidEventError(attribute.name, problem) from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise InvalidEventError(attribute.name, problem)
+    if _PLAIN_URL.fullmatch(text):
+        return
+    if not _URL_FORBIDDEN.search(text):
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            pass
+        else:
+            if parts.scheme.lower() in ("http", "https") and parts.netloc:
+                return
+    raise InvalidEventError(
+        attribute.name, f"must be an absolute http(s) URL, got {shorten(value)}"
+    )
 
 
 def _quantity(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -107,12 +118,14 @@ def _optional_bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> No
 def _check_offset(field: str, offset: timedelta | None) -> None:
     # The wire format (ISO 8601, "+02:00") has no seconds in offsets: orjson would round a
     # sub-minute offset and silently move the event to another instant.
-    if offset is not None and offset % timedelta(minutes=1):
+    if offset is not None and offset % _WHOLE_MINUTE:
         raise InvalidEventError(field, f"has a UTC offset of {offset}, not whole minutes")
 
 
 def parse_time(value: object, field: str = "time") -> datetime:
     """An aware datetime from a datetime or an ISO 8601 string with an offset (or ``Z``)."""
+    if type(value) is datetime and value.tzinfo is _UTC:
+        return value  # the default "now", and most times a shop already has
     if isinstance(value, str):
         text = value.strip()
         if text[-1:] in ("Z", "z"):
@@ -161,6 +174,8 @@ _T = TypeVar("_T")
 
 
 def _tuple_of(kind: type[_T], field: str, value: object) -> tuple[_T, ...]:
+    if type(value) is tuple and not value:
+        return value
     if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
         raise InvalidEventError(
             field, f"must be an iterable of {kind.__name__}, got {type(value).__name__}"
