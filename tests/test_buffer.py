@@ -287,17 +287,17 @@ async def test_flusher_crash_is_logged_and_loses_nothing(
 ) -> None:
     async with vt.TrackingBuffer(client, settings()) as buffer:
         store = buffer._store
-        original = store.due
+        original = store.due_at
         calls = 0
 
-        def crash_once(*args: Any) -> bool:
+        def crash_once(*args: Any) -> float | None:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("boom")
             return original(*args)
 
-        store.due = crash_once  # type: ignore[method-assign]
+        store.due_at = crash_once  # type: ignore[method-assign]
         buffer.enqueue(view("p1"))
         await buffer.flush(timeout=10)
     assert [v.item_id for v in fake.product_views] == ["p1"]
@@ -584,3 +584,120 @@ async def test_cancelling_the_task_that_owns_the_buffer_delivers_or_spools_every
         await task
     spooled = spool.read_bytes().splitlines() if spool.exists() else []
     assert len(fake.product_views) + len(spooled) == 50
+
+
+async def test_a_batch_whose_send_had_not_started_at_close_is_spooled(
+    closed_port_url: str, tmp_path: Path
+) -> None:
+    """Regression: a send task cancelled before its first step lost its batch (not spooled)."""
+    spool = tmp_path / "spool.jsonl"
+    async with vt.TrackingClient(closed_port_url, "k") as client:
+        buffer = vt.TrackingBuffer(client, settings(flush_interval=60), spool_path=spool)
+        buffer.enqueue(view("p1"))
+        # What the flusher does, without yielding: the send task exists but has not run.
+        batch = buffer._store.take("product_views", now=0)
+        assert batch is not None
+        buffer._start_send(batch)
+        await buffer.aclose(timeout=0)
+    assert buffer.stats.spooled == 1
+    assert [line_to_event(line) for line in spool.read_bytes().splitlines()] == [view("p1")]
+
+
+async def test_flush_waits_for_earlier_events_even_when_later_ones_are_delivered(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """Later carts going through must not make flush() forget a view still being retried."""
+    original = client._send
+
+    async def views_fail(path: str, body: bytes, max_pause: float | None = None) -> None:
+        if path.endswith("productviews"):
+            raise vt.TransportError("views endpoint down")
+        await original(path, body, max_pause)
+
+    client._send = views_fail  # type: ignore[method-assign]
+    buffer = vt.TrackingBuffer(client, settings())
+    buffer.enqueue(view("p1"))
+    flushing = asyncio.ensure_future(buffer.flush(timeout=1.0))
+    await asyncio.sleep(0)
+    buffer.enqueue(cart("c1", 1, "a"))
+    with pytest.raises(TimeoutError):
+        await flushing
+    assert "c1" in fake.carts
+    client._send = original  # type: ignore[method-assign]
+    await buffer.aclose()
+    assert [v.item_id for v in fake.product_views] == ["p1"]
+
+
+async def test_flush_and_put_waiters_are_released_when_the_buffer_closes(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    fake.script(*[503] * 100)
+    buffer = vt.TrackingBuffer(client, settings(max_batch_size=2, max_pending=2))
+    buffer.enqueue(view("p1"))
+    buffer.enqueue(view("p2"))
+    flushing = asyncio.ensure_future(buffer.flush())
+    putting = asyncio.ensure_future(buffer.put(view("p3")))
+    await asyncio.sleep(0.1)
+    await buffer.aclose(timeout=0.2)
+    await asyncio.wait_for(flushing, 2)  # returns: everything was dropped at close
+    with pytest.raises(vt.BufferClosedError):
+        await asyncio.wait_for(putting, 2)
+
+
+async def test_a_batch_that_keeps_failing_spends_its_own_retry_budget(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """Successes of other batches must not renew the budget of one that always fails."""
+    original = client._send
+
+    async def poison_fails(path: str, body: bytes, max_pause: float | None = None) -> None:
+        if b"poison" in body:
+            raise vt.TransportError("this batch always times out")
+        await original(path, body, max_pause)
+
+    client._send = poison_fails  # type: ignore[method-assign]
+    dead: list[str] = []
+    policy = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
+                            max_elapsed=0.5)
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_size=5, retry=policy),
+        on_dead_letter=lambda e, err: dead.append(e.item_id),  # type: ignore[union-attr]
+    ) as buffer:
+        buffer.enqueue(view("poison"))
+        await eventually(lambda: buffer.stats.retries > 0)  # failed once, alone in its batch
+        for tick in range(30):  # a second and a half of other traffic that goes through
+            for i in range(3):
+                buffer.enqueue(view(f"good-{tick}-{i}"))
+            await asyncio.sleep(0.05)
+        await buffer.flush(timeout=10)
+    assert dead == ["poison"]
+    assert len(fake.product_views) == 90
+
+
+async def test_cart_batches_are_sent_one_at_a_time(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """So updates of one cart reach Voyado in arrival order, even with equal times."""
+    fake.latency = 0.02
+    active = peak = 0
+    original = client._send
+
+    async def counting_send(path: str, body: bytes, max_pause: float | None = None) -> None:
+        nonlocal active, peak
+        carts = path.endswith("carts/batch")
+        active += carts
+        peak = max(peak, active)
+        try:
+            await original(path, body, max_pause)
+        finally:
+            active -= carts
+
+    client._send = counting_send  # type: ignore[method-assign]
+    async with vt.TrackingBuffer(
+        client, settings(max_batch_size=5, max_concurrent_requests=4)
+    ) as buffer:
+        for i in range(60):
+            buffer.enqueue(cart(f"c{i}", 1, "a"))
+        await buffer.flush(timeout=20)
+    assert peak == 1
+    assert len(fake.carts) == 60

@@ -305,7 +305,7 @@ async def test_closed_client_refuses_to_send(mocked: Any) -> None:
     await client.aclose()
     await client.aclose()  # idempotent
     assert client.closed
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(vt.VoyadoError, match="closed"):
         await client.register_cart(a_cart())
 
 

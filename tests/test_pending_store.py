@@ -121,7 +121,7 @@ def test_stream_is_due_only_once_its_oldest_event_waited_flush_interval() -> Non
     s.add(view("p2"), now=104.0)
     assert not s.due("product_views", now=104.9)
     assert s.due("product_views", now=105.0)
-    assert s.deadline("product_views") == 105.0
+    assert s.due_at("product_views", now=100.0) == 105.0
 
 
 def test_collapsing_a_cart_does_not_reset_its_age() -> None:
@@ -136,7 +136,7 @@ def test_collapsing_a_cart_does_not_reset_its_age() -> None:
 def test_empty_stream_is_never_due() -> None:
     s, _ = store()
     assert not s.due("carts", now=1e9, force=True)
-    assert s.deadline("carts") is None
+    assert s.due_at("carts", now=0) is None
 
 
 def test_forced_stream_is_due_below_thresholds() -> None:
@@ -159,7 +159,7 @@ def test_take_removes_oldest_events_up_to_max_batch_size() -> None:
     views = [view(f"p{i}") for i in range(5)]
     for v in views:
         s.add(v, now=0)
-    batch = s.take("product_views")
+    batch = s.take("product_views", now=0)
     assert batch.events == views[:3]
     assert (len(s.views), s.in_flight) == (2, 3)
 
@@ -170,48 +170,108 @@ def test_take_orders_carts_by_first_arrival() -> None:
     s.add(cart("c2", "2024-05-01T10:00:00Z"), now=1)
     s.add(cart("c1", "2024-05-01T10:09:00Z"), now=2)  # c1 keeps its place
     s.add(cart("c3", "2024-05-01T10:00:00Z"), now=3)
-    assert [c.cart_reference for c in s.take("carts").events] == ["c1", "c2"]  # type: ignore[union-attr]
+    taken = s.take("carts", now=0)
+    assert [c.cart_reference for c in taken.events] == ["c1", "c2"]
 
 
-def test_failed_product_views_go_back_to_the_head_in_order() -> None:
-    s, _ = store(max_batch_size=2)
-    views = [view(f"p{i}") for i in range(4)]
-    for v in views:
+def fail(s: PendingStore, batch: Any, *, attempts: int = 1, at: float = 0.0) -> None:
+    s.failed(batch, batch.events, attempts=attempts, first_failure=at, not_before=at)
+
+
+def test_failed_product_views_are_retried_first_and_as_they_were() -> None:
+    """No newer event joins a failed batch, so its retry budget stays its own."""
+    s, _ = store(max_batch_size=3)
+    views = [view(f"p{i}") for i in range(5)]
+    for v in views[:2]:
         s.add(v, now=0)
-    batch = s.take("product_views")
-    s.requeue(batch)
-    assert list(s.views) == views
-    assert s.in_flight == 0
+    batch = s.take("product_views", now=0)
+    for v in views[2:]:
+        s.add(v, now=1)
+    s.failed(batch, batch.events, attempts=1, first_failure=1.0, not_before=2.0)
+    retried = s.take("product_views", now=2.0)
+    assert retried.events == views[:2]
+    assert retried.attempts == 1
+    assert s.take("product_views", now=2.0).events == views[2:]
+
+
+def test_failed_batch_waits_for_its_backoff_while_fresh_events_flow() -> None:
+    s, _ = store(max_batch_size=2)
+    s.add(view("p0"), now=0)
+    batch = s.take("product_views", now=0)
+    s.failed(batch, batch.events, attempts=1, first_failure=0.0, not_before=10.0)
+    s.add(view("p1"), now=1)
+    assert [v.item_id for v in s.take("product_views", now=1).events] == ["p1"]
+    assert s.take("product_views", now=5) is None
+    assert s.due_at("product_views", now=5) == 10.0
 
 
 def test_failed_cart_loses_to_a_newer_pending_update() -> None:
     s, _ = store()
     s.add(cart("c1", "2024-05-01T10:00:00Z", "old"), now=0)
-    batch = s.take("carts")
+    batch = s.take("carts", now=0)
     newer = cart("c1", "2024-05-01T10:05:00Z", "new")
     s.add(newer, now=1)
-    s.requeue(batch)
+    fail(s, batch)
     assert pending_carts(s) == {"c1": newer}
     assert s.collapsed == 1
+
+
+def test_failed_cart_loses_to_a_later_pending_update_at_the_same_instant() -> None:
+    """Checkout (items=[]) in the same second as the add-to-cart must win when retried."""
+    s, _ = store()
+    s.add(cart("c1", "2024-05-01T10:00:00Z", "sku"), now=0)
+    batch = s.take("carts", now=0)
+    checkout = cart("c1", "2024-05-01T10:00:00Z")
+    s.add(checkout, now=1)
+    fail(s, batch)
+    assert pending_carts(s) == {"c1": checkout}
 
 
 def test_failed_cart_replaces_an_older_pending_update() -> None:
     s, _ = store()
     failed = cart("c1", "2024-05-01T10:05:00Z", "new")
     s.add(failed, now=0)
-    batch = s.take("carts")
+    batch = s.take("carts", now=0)
     s.add(cart("c1", "2024-05-01T10:00:00Z", "old"), now=1)
-    s.requeue(batch)
+    fail(s, batch)
     assert pending_carts(s) == {"c1": failed}
 
 
-def test_requeued_events_keep_their_age() -> None:
+def test_failed_carts_keep_their_retry_budget_and_are_batched_apart() -> None:
+    s, _ = store(max_batch_size=10)
+    s.add(cart("c1", "2024-05-01T10:00:00Z"), now=0)
+    batch = s.take("carts", now=0)
+    s.failed(batch, batch.events, attempts=2, first_failure=0.5, not_before=3.0)
+    s.add(cart("c2", "2024-05-01T10:00:00Z"), now=1)
+    fresh = s.take("carts", now=1)
+    assert [c.cart_reference for c in fresh.events] == ["c2"]
+    assert fresh.attempts == 0
+    retried = s.take("carts", now=3.0)
+    assert [c.cart_reference for c in retried.events] == ["c1"]
+    assert (retried.attempts, retried.first_failure) == (2, 0.5)
+
+
+def test_failed_events_keep_their_age() -> None:
     s, _ = store(max_batch_size=500, flush_interval=5.0)
-    s.add(view("p1"), now=10.0)
-    batch = s.take("product_views")
-    s.add(view("p2"), now=14.0)
-    s.requeue(batch)
-    assert s.deadline("product_views") == 15.0
+    s.add(cart("c1", "2024-05-01T10:00:00Z"), now=10.0)
+    batch = s.take("carts", now=10.0)
+    s.add(cart("c1", "2024-05-01T10:01:00Z"), now=14.0)
+    fail(s, batch, at=14.0)
+    assert s.carts["c1"][1] == 10.0
+
+
+def test_settled_tells_whether_events_before_a_mark_are_still_held() -> None:
+    s, _ = store(max_batch_size=2)
+    s.add(view("p0"), now=0)
+    s.add(cart("c0", "2024-05-01T10:00:00Z"), now=0)
+    view_mark, cart_mark = s.marks()
+    s.add(view("p1"), now=0)
+    assert not s.settled(view_mark, cart_mark)
+    s.take("product_views", now=0)  # p0 and p1 in flight: no longer pending
+    s.take("carts", now=0)
+    assert s.settled(view_mark, cart_mark)
+    s.add(view("p2"), now=0)
+    assert s.settled(view_mark, cart_mark)  # arrived after the mark
 
 
 # -- memory bound and overflow ------------------------------------------------------------
@@ -250,7 +310,7 @@ def test_in_flight_events_count_against_max_pending_and_are_never_dropped() -> N
     s, drops = store(max_batch_size=2, max_pending=2)
     s.add(view("p1"), now=0)
     s.add(view("p2"), now=0)
-    s.take("product_views")
+    s.take("product_views", now=0)
     incoming = view("p3")
     s.add(incoming, now=1)
     assert drops == [(incoming, "overflow")]
@@ -270,9 +330,9 @@ def test_every_event_is_accounted_for_exactly_once() -> None:
     for i in range(8):
         s.add(view(f"p{i}"), now=float(i))
         s.add(cart(f"c{i % 3}", f"2024-05-01T10:00:0{i}Z"), now=float(i))
-    batch = s.take("product_views")
+    batch = s.take("product_views", now=0)
     s.resolved(2, "sent")
     s.resolved(1, "dead_lettered")
-    s.requeue(s.take("carts"))
+    fail(s, s.take("carts", now=0))
     assert len(batch.events) == 3
     assert accounted(s) == s.enqueued == 16

@@ -59,7 +59,6 @@ __all__ = ["BufferStats", "PendingStore", "TrackingBuffer"]
 log = logging.getLogger("voyado_tracking")
 
 Kind = Literal["carts", "product_views"]
-OnDrop = Callable[[Event], Any] | Callable[[Any, str], Any]
 DropReason = Literal["overflow", "shutdown"]
 _REJECTED: Final = frozenset({400, 413, 422})
 _LOG_EVERY: Final = 10.0  # seconds between two warnings of the same kind
@@ -98,17 +97,37 @@ class BufferStats:
 
 @attrs.define
 class _Batch:
+    """Events taken together from one stream, with what must survive a failed attempt."""
+
     kind: Kind
     events: list[Event]
-    first_at: float  # arrival of its oldest event, kept if it goes back to the queue
+    first_at: float  # arrival of its oldest event
+    # The smallest arrival number among its events (views: position in arrival order; carts:
+    # first-arrival number), for flush() to know whether it waits for this batch.
+    mark: int
+    seqs: list[int] | None = None  # carts: each cart's first-arrival number
+    # The retry budget travels with the events, not with the stream: a success elsewhere in
+    # the stream must not give a batch that keeps failing a fresh budget.
+    attempts: int = 0
+    first_failure: float = 0.0
+    not_before: float = 0.0
 
 
 # One request's worth of a batch: its events and, when already encoded, its body.
 _Chunk = tuple[list[Event], Union[bytes, None]]  # noqa: UP007 (runtime alias, Python 3.10)
+# A failed cart's retry budget, kept while it waits in the pending carts.
+_CartRetry = tuple[int, float, float]  # attempts, first failure, not before
 
 
 class PendingStore:
-    """The pending events of one buffer. Pure: no I/O, no loop, time passed in as ``now``."""
+    """The pending events of one buffer. Pure: no I/O, no loop, time passed in as ``now``.
+
+    Carts live in an ordered map ``cart_reference -> [cart, first arrival time, first-arrival
+    number]``; an update replaces the cart in place and keeps the entry's place and age.
+    Product views live in a FIFO; a view batch that failed waits in ``retry_views`` as it was,
+    so its retry budget stays its own and no newer event joins it. A cart batch that failed is
+    merged back into the pending carts by the collapse rule, its budget kept per cart.
+    """
 
     def __init__(
         self,
@@ -117,12 +136,16 @@ class PendingStore:
     ) -> None:
         self.settings = settings
         self._on_drop = on_drop
-        # cart_reference -> [cart, first arrival]; the arrival stays when an update replaces it
         self.carts: OrderedDict[str, list[Any]] = OrderedDict()
         self.cart_bytes = 0
+        self.cart_arrivals = 0  # first-arrival numbers handed out so far
+        self.cart_retries: dict[str, _CartRetry] = {}
         self.views: deque[ProductView] = deque()
         self.view_times: deque[float] = deque()
         self.view_bytes = 0
+        self.view_arrivals = 0  # views ever appended: the next view's arrival number
+        self.retry_views: deque[_Batch] = deque()
+        self.retrying_views = 0
         self.in_flight = 0
         self.enqueued = 0
         self.collapsed = 0
@@ -136,7 +159,11 @@ class PendingStore:
     @property
     def held(self) -> int:
         """Events counted against ``max_pending``: pending, in flight and retrying."""
-        return len(self.carts) + len(self.views) + self.in_flight
+        return len(self.carts) + len(self.views) + self.retrying_views + self.in_flight
+
+    @property
+    def pending_views(self) -> int:
+        return len(self.views) + self.retrying_views
 
     def add(self, event: Event, now: float) -> bool:
         """Take an event; True when the flusher should wake up (new stream or threshold)."""
@@ -148,10 +175,11 @@ class PendingStore:
         settings = self.settings
         views = self.views
         # self.held, inlined: this is the hot path of enqueue().
-        held = len(self.carts) + len(views) + self.in_flight
+        held = len(self.carts) + len(views) + self.retrying_views + self.in_flight
         if held >= settings.max_pending and not self._make_room(view):
             return False
         self.enqueued += 1
+        self.view_arrivals += 1
         views.append(view)
         self.view_times.append(now)
         self.view_bytes += size_hint(view)
@@ -175,7 +203,8 @@ class PendingStore:
         if self.held >= self.settings.max_pending and not self._make_room(cart):
             return False
         self.enqueued += 1
-        self.carts[cart.cart_reference] = [cart, now]
+        self.carts[cart.cart_reference] = [cart, now, self.cart_arrivals]
+        self.cart_arrivals += 1
         self.cart_bytes += size_hint(cart)
         n = len(self.carts)
         return (
@@ -194,7 +223,7 @@ class PendingStore:
         if policy == "drop_oldest" and (self.carts or self.views):
             self._drop(self._pop_oldest(), "overflow")
             return True
-        # drop_newest, or drop_oldest with everything in flight (never dropped)
+        # drop_newest, or drop_oldest with everything in flight or retrying (never dropped)
         self.enqueued += 1
         self._drop(incoming, "overflow")
         return False
@@ -203,7 +232,8 @@ class PendingStore:
         if self.carts and (
             not self.views or next(iter(self.carts.values()))[1] <= self.view_times[0]
         ):
-            _, (cart, _) = self.carts.popitem(last=False)
+            reference, (cart, _, _) = self.carts.popitem(last=False)
+            self.cart_retries.pop(reference, None)
             self.cart_bytes -= size_hint(cart)
             return cart  # type: ignore[no-any-return]
         self.view_times.popleft()
@@ -216,87 +246,150 @@ class PendingStore:
         if self._on_drop is not None:
             self._on_drop(event, reason)
 
-    # -- thresholds -------------------------------------------------------------------------
+    # -- what is due, and when ------------------------------------------------------------
 
-    def oldest(self, kind: Kind) -> float | None:
-        """Arrival time of the oldest pending event of a stream."""
+    def _oldest_fresh_cart(self) -> float | None:
+        """Arrival time of the oldest pending cart that is not waiting for a retry."""
+        retries = self.cart_retries
+        for reference, entry in self.carts.items():
+            if reference not in retries:
+                return entry[1]  # type: ignore[no-any-return]
+        return None
+
+    def _fresh_due_at(self, kind: Kind, now: float, force: bool) -> float | None:
+        """When the fresh events of a stream are due: now at a threshold, else by age."""
         if kind == "carts":
-            return next(iter(self.carts.values()))[1] if self.carts else None
-        return self.view_times[0] if self.view_times else None
+            oldest = self._oldest_fresh_cart()
+            count = len(self.carts) - len(self.cart_retries)
+            size = self.cart_bytes
+        else:
+            oldest = self.view_times[0] if self.view_times else None
+            count, size = len(self.views), self.view_bytes
+        if oldest is None:
+            return None
+        if force or count >= self.settings.max_batch_size or size >= self.settings.max_batch_bytes:
+            return now
+        return oldest + self.settings.flush_interval
 
-    def count(self, kind: Kind) -> int:
-        return len(self.carts) if kind == "carts" else len(self.views)
+    def _retry_due_at(self, kind: Kind) -> float | None:
+        """When the first failed batch (or cart) of a stream may be retried."""
+        if kind == "carts":
+            return min((r[2] for r in self.cart_retries.values()), default=None)
+        return min((b.not_before for b in self.retry_views), default=None)
+
+    def due_at(self, kind: Kind, now: float, force: bool = False) -> float | None:
+        """When a stream next has something to send (``None``: nothing pending)."""
+        fresh = self._fresh_due_at(kind, now, force)
+        retry = self._retry_due_at(kind)
+        if fresh is None:
+            return retry
+        return fresh if retry is None else min(fresh, retry)
 
     def due(self, kind: Kind, now: float, force: bool = False) -> bool:
-        """Whether a stream should be flushed now: size, bytes, age, or forced."""
-        oldest = self.oldest(kind)
-        if oldest is None:
-            return False
-        if force or now - oldest >= self.settings.flush_interval:
-            return True
-        if kind == "carts":
-            return (
-                len(self.carts) >= self.settings.max_batch_size
-                or self.cart_bytes >= self.settings.max_batch_bytes
-            )
-        return (
-            len(self.views) >= self.settings.max_batch_size
-            or self.view_bytes >= self.settings.max_batch_bytes
-        )
-
-    def deadline(self, kind: Kind) -> float | None:
-        """When the stream's oldest event will have waited ``flush_interval``."""
-        oldest = self.oldest(kind)
-        return None if oldest is None else oldest + self.settings.flush_interval
+        """Whether a stream should be flushed now: size, bytes, age, a retry, or forced."""
+        due_at = self.due_at(kind, now, force)
+        return due_at is not None and due_at <= now
 
     # -- batches ---------------------------------------------------------------------------
 
-    def take(self, kind: Kind) -> _Batch:
-        """Remove up to ``max_batch_size`` of the oldest events of a stream (now in flight)."""
-        limit = self.settings.max_batch_size
-        first_at = self.oldest(kind)
-        assert first_at is not None, "take() from an empty stream"
-        events: list[Event] = []
-        if kind == "carts":
-            carts = self.carts
-            while carts and len(events) < limit:
-                _, (cart, _) = carts.popitem(last=False)
-                self.cart_bytes -= size_hint(cart)
-                events.append(cart)
-            if not carts:
-                self.cart_bytes = 0
+    def take(self, kind: Kind, now: float) -> _Batch | None:
+        """Remove the next batch of a stream (now in flight): a retry that is due first,
+        else up to ``max_batch_size`` of the oldest fresh events."""
+        if kind == "product_views":
+            return self._take_views(now)
+        return self._take_carts(now)
+
+    def _take_views(self, now: float) -> _Batch | None:
+        for batch in self.retry_views:
+            if batch.not_before <= now:
+                self.retry_views.remove(batch)
+                self.retrying_views -= len(batch.events)
+                self.in_flight += len(batch.events)
+                return batch
+        views, times = self.views, self.view_times
+        if not views:
+            return None
+        count = min(self.settings.max_batch_size, len(views))
+        batch = _Batch("product_views", [], times[0], self.view_arrivals - len(views))
+        popleft = views.popleft
+        batch.events = [popleft() for _ in range(count)]
+        for _ in range(count):
+            times.popleft()
+        if views:
+            self.view_bytes -= sum(map(size_hint, batch.events))
         else:
-            views, times = self.views, self.view_times
-            count = min(limit, len(views))
-            popleft = views.popleft
-            events = [popleft() for _ in range(count)]
-            for _ in range(count):
-                times.popleft()
-            if views:
-                self.view_bytes -= sum(map(size_hint, events))
-            else:
-                self.view_bytes = 0
+            self.view_bytes = 0
+        self.in_flight += count
+        return batch
+
+    def _take_carts(self, now: float) -> _Batch | None:
+        retries = self.cart_retries
+        limit = self.settings.max_batch_size
+        chosen: list[str] = []
+        retrying: bool | None = None  # a batch holds retried carts only, or fresh ones only
+        for reference in self.carts:
+            retry = retries.get(reference)
+            if retry is not None and retry[2] > now:
+                continue  # still backing off
+            if retrying is None:
+                retrying = retry is not None
+            elif retrying != (retry is not None):
+                continue
+            chosen.append(reference)
+            if len(chosen) == limit:
+                break
+        if not chosen:
+            return None
+        events: list[Event] = []
+        seqs: list[int] = []
+        arrivals: list[float] = []
+        budgets: list[_CartRetry] = []
+        for reference in chosen:
+            cart, first_at, seq = self.carts.pop(reference)
+            self.cart_bytes -= size_hint(cart)
+            events.append(cart)
+            seqs.append(seq)
+            arrivals.append(first_at)
+            if retrying:
+                budgets.append(retries.pop(reference))
+        if not self.carts:
+            self.cart_bytes = 0
         self.in_flight += len(events)
-        return _Batch(kind, events, first_at)
+        batch = _Batch("carts", events, min(arrivals), min(seqs), seqs)
+        if budgets:
+            batch.attempts = max(b[0] for b in budgets)
+            batch.first_failure = min(b[1] for b in budgets)
+        return batch
 
-    def requeue(self, batch: _Batch) -> None:
-        """Put a failed batch back at the head of its stream.
+    def failed(
+        self, batch: _Batch, events: list[Event], attempts: int, first_failure: float,
+        not_before: float,
+    ) -> None:
+        """Put the unresolved *events* of a failed *batch* back, to retry after *not_before*.
 
-        Carts merge by the collapse rule: a pending update at least as new as the failed one
-        wins (the failed one counts as collapsed); otherwise the failed one replaces it.
+        Views wait as a batch of their own. Carts merge into the pending carts by the collapse
+        rule: a pending update at least as new as the failed one wins (the failed one counts
+        as collapsed; equal instants: the pending one arrived later); otherwise the failed one
+        replaces it. Either way the cart keeps its retry budget and its first arrival.
         """
-        self.in_flight -= len(batch.events)
-        if batch.kind == "product_views":
-            self.views.extendleft(reversed(batch.events))  # type: ignore[arg-type]
-            self.view_times.extendleft([batch.first_at] * len(batch.events))
-            self.view_bytes += sum(size_hint(e) for e in batch.events)
+        self.in_flight -= len(events)
+        if not events:
             return
-        for cart in reversed(batch.events):
+        if batch.kind == "product_views":
+            self.retry_views.append(
+                _Batch("product_views", events, batch.first_at, batch.mark, None,
+                       attempts, first_failure, not_before)
+            )
+            self.retrying_views += len(events)
+            return
+        seq_of = dict(zip(map(id, batch.events), batch.seqs or (), strict=False))
+        for cart in reversed(events):
             assert isinstance(cart, Cart)
-            entry = self.carts.get(cart.cart_reference)
+            reference = cart.cart_reference
+            seq = seq_of.get(id(cart), batch.mark)
+            entry = self.carts.get(reference)
             if entry is None:
-                self.carts[cart.cart_reference] = [cart, batch.first_at]
-                self.carts.move_to_end(cart.cart_reference, last=False)
+                self.carts[reference] = [cart, batch.first_at, seq]
                 self.cart_bytes += size_hint(cart)
             else:
                 self.collapsed += 1
@@ -304,7 +397,9 @@ class PendingStore:
                     self.cart_bytes += size_hint(cart) - size_hint(entry[0])
                     entry[0] = cart
                 entry[1] = min(entry[1], batch.first_at)
-                self.carts.move_to_end(cart.cart_reference, last=False)
+                entry[2] = min(entry[2], seq)
+            self.carts.move_to_end(reference, last=False)
+            self.cart_retries[reference] = (attempts, first_failure, not_before)
 
     def resolved(self, count: int, outcome: Literal["sent", "dead_lettered"]) -> None:
         """*count* in-flight events left the buffer."""
@@ -314,18 +409,34 @@ class PendingStore:
         else:
             self.dead_lettered += count
 
+    def marks(self) -> tuple[int, int]:
+        """Arrival numbers that every event enqueued so far is below: (views, carts)."""
+        return self.view_arrivals, self.cart_arrivals
+
+    def settled(self, view_mark: int, cart_mark: int) -> bool:
+        """Whether no pending or retrying event arrived before these marks."""
+        if self.views and self.view_arrivals - len(self.views) < view_mark:
+            return False
+        if any(batch.mark < view_mark for batch in self.retry_views):
+            return False
+        return not any(entry[2] < cart_mark for entry in self.carts.values())
+
     def drain(self) -> list[Event]:
-        """Remove and return every pending event, oldest stream entries first."""
+        """Remove and return every pending and retrying event."""
         events: list[Event] = [entry[0] for entry in self.carts.values()]
+        for batch in self.retry_views:
+            events.extend(batch.events)
         events.extend(self.views)
         self.carts.clear()
+        self.cart_retries.clear()
+        self.retry_views.clear()
         self.views.clear()
         self.view_times.clear()
-        self.cart_bytes = self.view_bytes = 0
+        self.cart_bytes = self.view_bytes = self.retrying_views = 0
         return events
 
     def outstanding(self) -> int:
-        return len(self.carts) + len(self.views) + self.in_flight
+        return self.held
 
 
 class _RateLimitedLog:
@@ -345,21 +456,6 @@ class _RateLimitedLog:
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             log.debug(message, *args)
-
-
-class _RetryState:
-    """The retry budget of one stream: consecutive failures since its last success."""
-
-    __slots__ = ("attempts", "first_failure", "hold_until")
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.first_failure = 0.0
-        self.hold_until = 0.0
-
-    def reset(self) -> None:
-        self.attempts = 0
-        self.hold_until = 0.0
 
 
 class _Retry(Exception):
@@ -414,7 +510,15 @@ class TrackingBuffer:
         self._progress: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sends: dict[asyncio.Task[None], tuple[_Batch, deque[_Chunk]]] = {}
-        self._retry_state = {kind: _RetryState() for kind in _KINDS}
+        # Cart batches go one at a time, so updates of a cart reach Voyado in arrival order
+        # even when their times are equal; product views use every allowed connection.
+        self._capacity: dict[Kind, int] = {
+            "carts": 1,
+            "product_views": settings.max_concurrent_requests,
+        }
+        self._active: dict[Kind, int] = dict.fromkeys(_KINDS, 0)
+        # A stream whose last attempt failed waits this long before it sends anything more.
+        self._hold_until: dict[Kind, float] = dict.fromkeys(_KINDS, 0.0)
         self._forcing = 0
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
@@ -430,7 +534,7 @@ class TrackingBuffer:
         state = "closed" if self._closing else "open"
         return (
             f"<voyado_tracking.TrackingBuffer {state} pending_carts={len(s.carts)} "
-            f"pending_product_views={len(s.views)} in_flight={s.in_flight}>"
+            f"pending_product_views={s.pending_views} in_flight={s.in_flight}>"
         )
 
     # -- intake -----------------------------------------------------------------------------
@@ -516,7 +620,7 @@ class TrackingBuffer:
             dead_lettered=s.dead_lettered,
             spooled=s.spooled,
             pending_carts=len(s.carts),
-            pending_product_views=len(s.views),
+            pending_product_views=s.pending_views,
             in_flight=s.in_flight,
         )
 
@@ -525,18 +629,21 @@ class TrackingBuffer:
     async def flush(self, timeout: float | None = None) -> None:
         """Deliver everything enqueued before the call, ignoring the flush thresholds.
 
-        Returns once those events are sent, dead-lettered or dropped; raises ``TimeoutError``
-        if that takes longer than *timeout* seconds (they stay queued).
+        Returns once those events are sent, dead-lettered or dropped (events enqueued during
+        the flush are not waited for); raises ``TimeoutError`` if that takes longer than
+        *timeout* seconds (they stay queued).
         """
         self._ensure_running()
-        store = self._store
-        mark = store.enqueued
+        view_mark, cart_mark = self._store.marks()
+        marks: dict[Kind, int] = {"product_views": view_mark, "carts": cart_mark}
         deadline = None if timeout is None else self._clock() + timeout
 
         def done() -> bool:
-            # Every event enqueued so far is resolved or outstanding; those before the mark are
-            # resolved once the resolved count reaches it (exact unless retries reorder).
-            return store.enqueued - store.outstanding() >= mark or store.outstanding() == 0
+            if self._closing and not self._sends:
+                return True  # closed: everything was delivered, spooled or dropped
+            return self._store.settled(view_mark, cart_mark) and not any(
+                batch.mark < marks[batch.kind] for batch, _ in self._sends.values()
+            )
 
         self._forcing += 1
         self._wake.set()  # type: ignore[union-attr]
@@ -548,31 +655,44 @@ class TrackingBuffer:
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop intake, deliver what is queued within *timeout* seconds, spool the rest.
 
-        ``timeout`` defaults to ``settings.shutdown_timeout``. Never waits much past it;
-        idempotent (a second call waits for the first).
+        ``timeout`` defaults to ``settings.shutdown_timeout``; the call returns within it.
+        Idempotent: a second call waits for the first.
         """
         if self._closed is not None:
             await asyncio.shield(self._closed)
             return
+        if self._fork_generation != _fork_generation:
+            raise RuntimeError("a TrackingBuffer cannot be used in a forked child process")
         self._closing = True
         if self._loop is None:  # never used: nothing to drain
             self._closed = asyncio.get_running_loop().create_future()
             self._closed.set_result(None)
             return
         self._closed = self._loop.create_future()
-        timeout = self.settings.shutdown_timeout if timeout is None else timeout
-        deadline = self._clock() + max(0.0, timeout)
+        timeout = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+        deadline = self._clock() + timeout
+        # Keep a slice of the time for cancelled requests to hand their events back.
+        grace = min(_CANCEL_GRACE, timeout / 4)
         try:
-            if self._store.outstanding():
+            if self._store.outstanding() and not self.client.closed:
                 self._ensure_flusher()
                 self._forcing += 1
                 self._wake.set()  # type: ignore[union-attr]
                 with contextlib.suppress(TimeoutError):
-                    await self._wait_until(lambda: self._store.outstanding() == 0, deadline)
+                    await self._wait_until(
+                        lambda: self._store.outstanding() == 0, deadline - grace
+                    )
         finally:
-            await self._stop_tasks()
-            self._dispose(self._store.drain())
-            self._closed.set_result(None)
+            sends = list(self._sends.values())
+            try:
+                await self._cancel_tasks(max(0.0, deadline - self._clock()))
+            finally:
+                # Also when cancelled again in there: nothing may stay unaccounted for.
+                self._reclaim(sends)
+                self._dispose(self._store.drain())
+                if self._progress is not None:
+                    self._progress.set()  # wake flush() and put() callers: it is over
+                self._closed.set_result(None)
 
     async def __aenter__(self) -> TrackingBuffer:
         self._ensure_running()
@@ -605,6 +725,8 @@ class TrackingBuffer:
         self._progress = asyncio.Event()
 
     def _ensure_running(self) -> None:
+        if self._fork_generation != _fork_generation:
+            raise RuntimeError("a TrackingBuffer cannot be used in a forked child process")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -634,10 +756,9 @@ class TrackingBuffer:
             return
         error = task.exception()
         if error is not None:
-            # Events stay in the store; the next enqueue, flush or close restarts the flusher.
+            # Events stay in the store; the flusher restarts at once (and on next use).
             self._crashes += 1
-            log.error("the TrackingBuffer flusher crashed; restarting on next use",
-                      exc_info=error)
+            log.error("the TrackingBuffer flusher crashed; restarting it", exc_info=error)
             if not self._closing and self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon(self._restart_flusher)
 
@@ -665,20 +786,25 @@ class TrackingBuffer:
                 if not condition():
                     raise TimeoutError from None
 
-    async def _stop_tasks(self) -> None:
+    async def _cancel_tasks(self, grace: float) -> None:
         tasks = [t for t in (self._flusher, *self._sends) if t is not None and not t.done()]
-        # Kept before cancelling: a send cancelled before its first step never runs its
-        # handler, and its done-callback removes it from self._sends with its events.
-        sends = list(self._sends.values())
         for task in tasks:
             task.cancel()
         if tasks:
             # Cancelled sends put their events back in the store; give them a moment.
-            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+            await asyncio.wait(tasks, timeout=max(grace, 0.01))
+
+    def _reclaim(self, sends: list[tuple[_Batch, deque[_Chunk]]]) -> None:
+        """Take back the events of sends that did not hand them back themselves.
+
+        A send cancelled before its first step never runs its handler; one still running after
+        the grace period finds its todo empty when it ends, so nothing is counted twice.
+        """
+        now = self._clock()
         for batch, todo in sends:
-            # Not handed back yet: take their events now; the task finds its todo empty.
             if todo:
-                self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
+                events = _take_all(todo)
+                self._store.failed(batch, events, batch.attempts, batch.first_failure, now)
 
     def _dispose(self, events: list[Event]) -> None:
         """Spool (or count as dropped) what is left at shutdown."""
@@ -732,43 +858,39 @@ class TrackingBuffer:
         while True:
             now = self._clock()
             force = self._forcing > 0
+            wake_at: float | None = None
             for kind in _KINDS:
-                hold = self._retry_state[kind].hold_until
-                while len(self._sends) < limit and now >= hold and store.due(kind, now, force):
-                    self._start_send(store.take(kind))
+                while len(self._sends) < limit and self._active[kind] < self._capacity[kind]:
+                    due_at = store.due_at(kind, now, force)
+                    if due_at is None:
+                        break
+                    due_at = max(due_at, self._hold_until[kind])
+                    if due_at > now:
+                        wake_at = due_at if wake_at is None else min(wake_at, due_at)
+                        break
+                    batch = store.take(kind, now)
+                    if batch is None:  # pragma: no cover - due_at said there was one
+                        break
+                    self._start_send(batch)
             wake.clear()
-            await self._sleep_until_next(now, limit)
-
-    async def _sleep_until_next(self, now: float, limit: int) -> None:
-        wake = self._wake
-        assert wake is not None
-        if len(self._sends) >= limit:
-            await wake.wait()  # a finished send sets it
-            return
-        deadlines = []
-        for kind in _KINDS:
-            if not self._store.count(kind):
-                continue
-            due_at = self._store.deadline(kind)
-            if self._forcing:
-                due_at = now
-            deadlines.append(max(due_at or now, self._retry_state[kind].hold_until))
-        if not deadlines:
-            await wake.wait()
-            return
-        delay = min(deadlines) - now
-        if delay > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
+            if wake_at is None:
+                await wake.wait()  # an enqueue, a finished send, flush() or close sets it
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wake_at - now)
 
     def _start_send(self, batch: _Batch) -> None:
-        todo = deque(_chunks(batch.events, self.settings.max_batch_bytes))
+        # Encoded inside the task: whatever happens, the events are in todo until resolved.
+        todo: deque[_Chunk] = deque([(batch.events, None)])
         task = asyncio.get_running_loop().create_task(self._deliver(batch, todo))
+        self._active[batch.kind] += 1
         self._sends[task] = (batch, todo)
         task.add_done_callback(self._send_done)
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
-        self._sends.pop(task, None)
+        entry = self._sends.pop(task, None)
+        if entry is not None:
+            self._active[entry[0].kind] -= 1
         if self._wake is not None:
             self._wake.set()
         if self._progress is not None:
@@ -780,21 +902,25 @@ class TrackingBuffer:
         Whatever way this ends, each event of the batch is sent, dead-lettered, or back in the
         store: nothing vanishes.
         """
-        state = self._retry_state[batch.kind]
         try:
+            chunks = _chunks(batch.events, self.settings.max_batch_bytes)
+            todo.clear()
+            todo.extend(chunks)
             await self._send_chunks(batch.kind, todo)
         except _Retry as retry:
-            self._retry_later(batch, _take_all(todo), retry.error, state)
+            self._retry_later(batch, _take_all(todo), retry.error)
         except asyncio.CancelledError:
             # Shutdown: what was not confirmed goes back to the store, to be spooled.
-            self._store.requeue(_Batch(batch.kind, _take_all(todo), batch.first_at))
+            self._store.failed(
+                batch, _take_all(todo), batch.attempts, batch.first_failure, self._clock()
+            )
             raise
         except Exception as error:  # a bug, not a Voyado answer: keep the events, retry later
             self._crashes += 1
             log.exception("unexpected error while sending a batch; it will be retried")
-            self._retry_later(batch, _take_all(todo), error, state)
+            self._retry_later(batch, _take_all(todo), error)
         else:
-            state.reset()
+            self._hold_until[batch.kind] = 0.0  # Voyado answers again
 
     async def _send_chunks(self, kind: Kind, todo: deque[_Chunk]) -> None:
         path = _PATHS[kind]
@@ -824,26 +950,25 @@ class TrackingBuffer:
                 todo.popleft()
                 store.resolved(len(events), "sent")
 
-    def _retry_later(
-        self, batch: _Batch, events: list[Event], error: Exception, state: _RetryState
-    ) -> None:
+    def _retry_later(self, batch: _Batch, events: list[Event], error: Exception) -> None:
+        """Back off and put *events* back, or dead-letter them when the budget is spent."""
+        if not events:
+            return
         now = self._clock()
-        if state.attempts == 0:
-            state.first_failure = now
-        state.attempts += 1
+        attempts = batch.attempts + 1
+        first_failure = batch.first_failure if batch.attempts else now
         policy = self.settings.retry
-        wait = policy.backoff(state.attempts)
+        wait = policy.backoff(attempts)
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             wait = max(wait, error.retry_after)
-        if not policy.allows(state.attempts, now - state.first_failure, wait):
+        if not policy.allows(attempts, now - first_failure, wait):
             reason = error if isinstance(error, VoyadoError) else VoyadoError(str(error))
             log.error("retry budget exhausted after %d attempts; dead-lettering %d events",
-                      state.attempts, len(events))
+                      attempts, len(events))
             self._dead_letter(events, reason)
-            state.reset()
             return
         self._retries += 1
-        state.hold_until = max(state.hold_until, now + wait)
+        self._hold_until[batch.kind] = max(self._hold_until[batch.kind], now + wait)
         self._log.warning(
             f"retry:{batch.kind}",
             "delivery of %d %s failed (%s); retrying in %.1f s",
@@ -852,7 +977,7 @@ class TrackingBuffer:
             error,
             wait,
         )
-        self._store.requeue(_Batch(batch.kind, events, batch.first_at))
+        self._store.failed(batch, events, attempts, first_failure, now + wait)
 
 
 def _encode(events: list[Event]) -> bytes:

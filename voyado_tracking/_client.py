@@ -186,7 +186,7 @@ class TrackingClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise RuntimeError("this TrackingClient is closed")
+            raise VoyadoError("this TrackingClient is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._verify_tls),
@@ -312,6 +312,8 @@ class TrackingClient:
         except (aiohttp.ClientError, OSError) as error:
             log.debug("POST %s failed: %s", path, type(error).__name__)
             raise TransportError(f"POST {path} failed: {_describe(error)}") from None
+        except RuntimeError as error:  # e.g. a borrowed session that its owner closed
+            raise VoyadoError(f"POST {path} failed: {_describe(error)}") from None
         log.debug("POST %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
         retry_after = parse_retry_after(retry_after_header)
         if status == 429:
