@@ -315,10 +315,9 @@ class PendingStore:
         batch.events = [popleft() for _ in range(count)]
         for _ in range(count):
             times.popleft()
-        if views:
-            self.view_bytes -= sum(map(size_hint, batch.events))
-        else:
-            self.view_bytes = 0
+        # The byte count is an estimate for the trigger only: scale it rather than measure the
+        # taken events again.
+        self.view_bytes = self.view_bytes * len(views) // (len(views) + count)
         self.in_flight += count
         return batch
 
