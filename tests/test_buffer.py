@@ -701,3 +701,20 @@ async def test_cart_batches_are_sent_one_at_a_time(
         await buffer.flush(timeout=20)
     assert peak == 1
     assert len(fake.carts) == 60
+
+
+async def test_closing_after_the_client_was_closed_spools_at_once(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    """The wrong shutdown order (client first) must not lose events nor wait out the timeout."""
+    spool = tmp_path / "spool.jsonl"
+    client = vt.TrackingClient(fake.url, fake.api_key)
+    buffer = vt.TrackingBuffer(client, settings(flush_interval=3600), spool_path=spool)
+    for i in range(5):
+        buffer.enqueue(view(f"p{i}"))
+    await client.aclose()
+    started = time.monotonic()
+    await buffer.aclose(timeout=10)
+    assert time.monotonic() - started < 2
+    assert buffer.stats.spooled == 5
+    assert len(spool.read_bytes().splitlines()) == 5

@@ -638,7 +638,7 @@ class TrackingBuffer:
         deadline = None if timeout is None else self._clock() + timeout
 
         def done() -> bool:
-            if self._closing and not self._sends:
+            if self._closed is not None and self._closed.done():
                 return True  # closed: everything was delivered, spooled or dropped
             return self._store.settled(view_mark, cart_mark) and not any(
                 batch.mark < marks[batch.kind] for batch, _ in self._sends.values()
