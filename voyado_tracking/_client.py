@@ -44,7 +44,7 @@ _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _T = TypeVar("_T")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
@@ -65,7 +65,7 @@ def _base_url(value: object) -> URL:
         )
     if url.query_string or url.fragment or url.user or url.password:
         raise ValueError("base_url must not carry credentials, a query or a fragment")
-    if url.scheme == "https" or (url.scheme == "http" and _is_loopback(url.host)):
+    if url.scheme == "https" or (url.scheme == "http" and is_loopback(url.host)):
         return url
     raise ValueError(
         f"base_url must use https:// (plain http is only allowed to loopback hosts), got {url}"

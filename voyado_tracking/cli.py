@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
@@ -37,7 +36,7 @@ from typing import IO, Final
 import attrs
 
 from ._buffer import BufferStats, TrackingBuffer
-from ._client import TrackingClient
+from ._client import TrackingClient, is_loopback
 from ._errors import InvalidEventError, VoyadoError
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
@@ -712,17 +711,8 @@ def _send_report(stats: BufferStats, state: _SendState, spool: Path | None) -> i
 # -- fake-server ---------------------------------------------------------------------------
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def _fake_server(args: argparse.Namespace) -> int:
-    if not _is_loopback(args.host) and not args.public:
+    if not is_loopback(args.host) and not args.public:
         raise UsageError(f"--host {args.host} is not a loopback address; add --public to "
                          "serve the fake on the network")
     if not 0 <= args.port <= 65535:
