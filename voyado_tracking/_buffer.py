@@ -979,30 +979,34 @@ class TrackingBuffer:
         self._store.failed(batch, events, attempts, first_failure, now + wait)
 
 
+def _parts(events: list[Event]) -> list[bytes]:
+    """Each event's JSON on its own.
+
+    One wire dict is alive at a time, so encoding allocates no batch of GC-tracked containers:
+    a list of 500 dicts would survive collections, get promoted and eventually trigger a full
+    collection over every buffered event, stalling the loop for tens of milliseconds.
+    """
+    to_wire, dumps = _TO_WIRE, orjson.dumps
+    return [dumps(to_wire[type(e)](e)) for e in events]
+
+
 def _encode(events: list[Event]) -> bytes:
-    to_wire = _TO_WIRE
-    return orjson.dumps([to_wire[type(e)](e) for e in events])
+    return b"[" + b",".join(_parts(events)) + b"]"
 
 
 def _chunks(events: list[Event], max_bytes: int) -> list[_Chunk]:
     """Encoded request bodies of at most *max_bytes* (a lone larger event goes alone)."""
-    body = _encode(events)
-    if len(body) <= max_bytes or len(events) == 1:
-        return [(events, body)]
-    to_wire = _TO_WIRE
+    parts = _parts(events)
+    if sum(map(len, parts)) + len(parts) + 1 <= max_bytes or len(events) == 1:
+        return [(events, b"[" + b",".join(parts) + b"]")]
     chunks: list[_Chunk] = []
-    current: list[Event] = []
-    parts: list[bytes] = []
-    size = 2  # the brackets
-    for event in events:
-        part = orjson.dumps(to_wire[type(event)](event))
-        if current and size + len(part) + 1 > max_bytes:
-            chunks.append((current, b"[" + b",".join(parts) + b"]"))
-            current, parts, size = [], [], 2
-        current.append(event)
-        parts.append(part)
+    start, size = 0, 2  # the brackets
+    for index, part in enumerate(parts):
+        if index > start and size + len(part) + 1 > max_bytes:
+            chunks.append((events[start:index], b"[" + b",".join(parts[start:index]) + b"]"))
+            start, size = index, 2
         size += len(part) + 1
-    chunks.append((current, b"[" + b",".join(parts) + b"]"))
+    chunks.append((events[start:], b"[" + b",".join(parts[start:]) + b"]"))
     return chunks
 
 
