@@ -257,3 +257,15 @@ def _parse_or_none(line: bytes) -> vt.Cart | vt.ProductView | None:
         return line_to_event(line)
     except vt.InvalidEventError:
         return None
+
+
+def test_an_empty_or_unprintable_key_is_named_readably() -> None:
+    from voyado_tracking._errors import InvalidEventError
+    from voyado_tracking._wire import structure
+
+    with pytest.raises(InvalidEventError) as caught:
+        structure(vt.ProductView, {"": 1})
+    assert caught.value.field == "''"
+    with pytest.raises(InvalidEventError) as caught:
+        structure(vt.ProductView, {"a\nb": 1})
+    assert caught.value.field == "'a\\nb'"

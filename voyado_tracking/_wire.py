@@ -144,7 +144,8 @@ def structure(cls: type[_E], data: object, path: str = "") -> _E:
         entry = spec.fields.get(key)
         if entry is None:
             known = ", ".join(spec.fields)
-            where = f"{path}.{key}" if path else str(key)
+            name = shorten(key) if not key or not str(key).isprintable() else str(key)
+            where = f"{path}.{name}" if path else name
             raise InvalidEventError(where, f"is not a {cls.__name__} field (known: {known})")
         if value is None:  # null means absent
             continue
