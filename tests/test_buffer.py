@@ -718,3 +718,20 @@ async def test_closing_after_the_client_was_closed_spools_at_once(
     assert time.monotonic() - started < 2
     assert buffer.stats.spooled == 5
     assert len(spool.read_bytes().splitlines()) == 5
+
+
+async def test_close_with_no_time_left_spools_everything_and_stops_the_flusher(
+    fake: FakeVoyado, client: vt.TrackingClient, tmp_path: Path
+) -> None:
+    """Regression: a cancel swallowed by wait_for let the flusher send on after close."""
+    spool = tmp_path / "spool.jsonl"
+    fake.hold()
+    buffer = vt.TrackingBuffer(client, settings(flush_interval=60), spool_path=spool)
+    for i in range(100):
+        buffer.enqueue(view(f"p{i}"))
+    await asyncio.sleep(0.01)  # the flusher is asleep until the interval
+    await buffer.aclose(timeout=0)
+    stats = buffer.stats
+    assert (stats.spooled, stats.in_flight, stats.pending_product_views) == (100, 0, 0)
+    assert buffer._flusher is None
+    fake.release()

@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import sys
 import time
 import warnings
 from collections import OrderedDict, deque
@@ -520,6 +521,7 @@ class TrackingBuffer:
         self._hold_until: dict[Kind, float] = dict.fromkeys(_KINDS, 0.0)
         self._forcing = 0
         self._closing = False
+        self._stopping = False  # set by aclose() before it cancels: the flusher must not go on
         self._closed: asyncio.Future[None] | None = None
         self._requests = 0
         self._retries = 0
@@ -682,12 +684,14 @@ class TrackingBuffer:
                         lambda: self._store.outstanding() == 0, deadline - grace
                     )
         finally:
+            self._stopping = True
+            self._wake.set()  # type: ignore[union-attr]
             sends = list(self._sends.values())
             try:
                 await self._cancel_tasks(max(0.0, deadline - self._clock()))
             finally:
                 # Also when cancelled again in there: nothing may stay unaccounted for.
-                self._reclaim(sends)
+                self._reclaim([*sends, *self._sends.values()])
                 self._dispose(self._store.drain())
                 if self._progress is not None:
                     self._progress.set()  # wake flush() and put() callers: it is over
@@ -779,11 +783,8 @@ class TrackingBuffer:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise TimeoutError
-            try:
-                await asyncio.wait_for(progress.wait(), remaining)
-            except asyncio.TimeoutError:
-                if not condition():
-                    raise TimeoutError from None
+            if not await _wait(progress, remaining) and not condition():
+                raise TimeoutError
 
     async def _cancel_tasks(self, grace: float) -> None:
         tasks = [t for t in (self._flusher, *self._sends) if t is not None and not t.done()]
@@ -854,7 +855,7 @@ class TrackingBuffer:
         store, wake = self._store, self._wake
         assert wake is not None
         limit = self.settings.max_concurrent_requests
-        while True:
+        while not self._stopping:
             now = self._clock()
             force = self._forcing > 0
             wake_at: float | None = None
@@ -875,8 +876,7 @@ class TrackingBuffer:
             if wake_at is None:
                 await wake.wait()  # an enqueue, a finished send, flush() or close sets it
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wake_at - now)
+                await _wait(wake, wake_at - now)
 
     def _start_send(self, batch: _Batch) -> None:
         # Encoded inside the task: whatever happens, the events are in todo until resolved.
@@ -977,6 +977,32 @@ class TrackingBuffer:
             wait,
         )
         self._store.failed(batch, events, attempts, first_failure, now + wait)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _wait(event: asyncio.Event, timeout: float) -> bool:
+        """Wait for *event* at most *timeout* seconds; False on timeout.
+
+        Not ``asyncio.wait_for``: on Python 3.10 and 3.11 it swallows a cancellation that
+        arrives as the event is set, which let a cancelled flusher run on after close.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _wait(event: asyncio.Event, timeout: float) -> bool:
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
+        return bool(done)
 
 
 def _parts(events: list[Event]) -> list[bytes]:
