@@ -28,7 +28,8 @@ def store(**settings: Any) -> tuple[PendingStore, list[tuple[Any, str]]]:
 
 
 def pending_carts(s: PendingStore) -> dict[str, vt.Cart]:
-    return {ref: entry[0] for ref, entry in s.carts.items()}
+    entries = {**s.carts, **s.retry_carts}
+    return {ref: entry[0] for ref, entry in entries.items()}
 
 
 def accounted(s: PendingStore) -> int:
@@ -257,7 +258,7 @@ def test_failed_events_keep_their_age() -> None:
     batch = s.take("carts", now=10.0)
     s.add(cart("c1", "2024-05-01T10:01:00Z"), now=14.0)
     fail(s, batch, at=14.0)
-    assert s.carts["c1"][1] == 10.0
+    assert s.retry_carts["c1"][1] == 10.0
 
 
 def test_settled_tells_whether_events_before_a_mark_are_still_held() -> None:
@@ -336,3 +337,24 @@ def test_every_event_is_accounted_for_exactly_once() -> None:
     fail(s, s.take("carts", now=0))
     assert len(batch.events) == 3
     assert accounted(s) == s.enqueued == 16
+
+
+def test_drop_oldest_never_drops_a_retrying_cart() -> None:
+    s, drops = store(max_batch_size=2, max_pending=3)
+    s.add(cart("c1", "2024-05-01T10:00:00Z"), now=0)
+    fail(s, s.take("carts", now=0), at=100.0)  # waits to retry until t=100
+    s.add(view("p1"), now=1)
+    s.add(view("p2"), now=2)
+    s.add(view("p3"), now=3)  # full: the oldest *fresh* event goes
+    assert [e.item_id for e, _ in drops] == ["p1"]  # type: ignore[union-attr]
+    assert "c1" in s.retry_carts
+
+
+def test_an_update_of_a_retrying_cart_collapses_into_it() -> None:
+    s, _ = store(max_batch_size=1, max_pending=1, overflow="raise")
+    s.add(cart("c1", "2024-05-01T10:00:00Z", "old"), now=0)
+    fail(s, s.take("carts", now=0), at=100.0)
+    newer = cart("c1", "2024-05-01T10:05:00Z", "new")
+    s.add(newer, now=1)  # full, but an update of a pending cart: no raise
+    assert pending_carts(s) == {"c1": newer}
+    assert (s.collapsed, len(s.carts)) == (1, 0)

@@ -116,8 +116,6 @@ class _Batch:
 
 # One request's worth of a batch: its events and, when already encoded, its body.
 _Chunk = tuple[list[Event], Union[bytes, None]]  # noqa: UP007 (runtime alias, Python 3.10)
-# A failed cart's retry budget, kept while it waits in the pending carts.
-_CartRetry = tuple[int, float, float]  # attempts, first failure, not before
 
 
 class PendingStore:
@@ -125,9 +123,12 @@ class PendingStore:
 
     Carts live in an ordered map ``cart_reference -> [cart, first arrival time, first-arrival
     number]``; an update replaces the cart in place and keeps the entry's place and age.
-    Product views live in a FIFO; a view batch that failed waits in ``retry_views`` as it was,
-    so its retry budget stays its own and no newer event joins it. A cart batch that failed is
-    merged back into the pending carts by the collapse rule, its budget kept per cart.
+    Product views live in a FIFO. A view batch that failed waits in ``retry_views`` as it was,
+    so its retry budget stays its own and no newer event joins it. A cart that failed waits in
+    ``retry_carts`` (its entry extended with attempts, first failure and not-before), merged
+    with any pending update of the same cart by the collapse rule: a cart reference has one
+    entry in the two maps together, so updates of a retrying cart collapse into it. Neither
+    retry store is touched by overflow, and both keep the fresh maps' operations O(1).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class PendingStore:
         self.carts: OrderedDict[str, list[Any]] = OrderedDict()
         self.cart_bytes = 0
         self.cart_arrivals = 0  # first-arrival numbers handed out so far
-        self.cart_retries: dict[str, _CartRetry] = {}
+        self.retry_carts: OrderedDict[str, list[Any]] = OrderedDict()
         self.views: deque[ProductView] = deque()
         self.view_times: deque[float] = deque()
         self.view_bytes = 0
@@ -160,7 +161,15 @@ class PendingStore:
     @property
     def held(self) -> int:
         """Events counted against ``max_pending``: pending, in flight and retrying."""
-        return len(self.carts) + len(self.views) + self.retrying_views + self.in_flight
+        return self.pending_carts + len(self.views) + self.retrying_views + self.in_flight
+
+    @property
+    def pending_carts(self) -> int:
+        return len(self.carts) + len(self.retry_carts)
+
+    def has_cart(self, reference: str) -> bool:
+        """Whether an update of this cart is pending (so another one would collapse)."""
+        return reference in self.carts or reference in self.retry_carts
 
     @property
     def pending_views(self) -> int:
@@ -176,7 +185,10 @@ class PendingStore:
         settings = self.settings
         views = self.views
         # self.held, inlined: this is the hot path of enqueue().
-        held = len(self.carts) + len(views) + self.retrying_views + self.in_flight
+        held = (
+            len(self.carts) + len(self.retry_carts) + len(views) + self.retrying_views
+            + self.in_flight
+        )
         if held >= settings.max_pending and not self._make_room(view):
             return False
         self.enqueued += 1
@@ -193,6 +205,8 @@ class PendingStore:
 
     def add_cart(self, cart: Cart, now: float) -> bool:
         entry = self.carts.get(cart.cart_reference)
+        if entry is None and self.retry_carts:
+            entry = self.retry_carts.get(cart.cart_reference)
         if entry is not None:
             # An update of a pending cart: never overflow, only the latest instant survives.
             self.enqueued += 1
@@ -233,8 +247,7 @@ class PendingStore:
         if self.carts and (
             not self.views or next(iter(self.carts.values()))[1] <= self.view_times[0]
         ):
-            reference, (cart, _, _) = self.carts.popitem(last=False)
-            self.cart_retries.pop(reference, None)
+            _, (cart, _, _) = self.carts.popitem(last=False)
             self.cart_bytes -= size_hint(cart)
             return cart  # type: ignore[no-any-return]
         self.view_times.popleft()
@@ -249,20 +262,12 @@ class PendingStore:
 
     # -- what is due, and when ------------------------------------------------------------
 
-    def _oldest_fresh_cart(self) -> float | None:
-        """Arrival time of the oldest pending cart that is not waiting for a retry."""
-        retries = self.cart_retries
-        for reference, entry in self.carts.items():
-            if reference not in retries:
-                return entry[1]  # type: ignore[no-any-return]
-        return None
-
     def _fresh_due_at(self, kind: Kind, now: float, force: bool) -> float | None:
         """When the fresh events of a stream are due: now at a threshold, else by age."""
+        oldest: float | None
         if kind == "carts":
-            oldest = self._oldest_fresh_cart()
-            count = len(self.carts) - len(self.cart_retries)
-            size = self.cart_bytes
+            oldest = next(iter(self.carts.values()))[1] if self.carts else None
+            count, size = len(self.carts), self.cart_bytes
         else:
             oldest = self.view_times[0] if self.view_times else None
             count, size = len(self.views), self.view_bytes
@@ -275,7 +280,7 @@ class PendingStore:
     def _retry_due_at(self, kind: Kind) -> float | None:
         """When the first failed batch (or cart) of a stream may be retried."""
         if kind == "carts":
-            return min((r[2] for r in self.cart_retries.values()), default=None)
+            return min((entry[5] for entry in self.retry_carts.values()), default=None)
         return min((b.not_before for b in self.retry_views), default=None)
 
     def due_at(self, kind: Kind, now: float, force: bool = False) -> float | None:
@@ -323,42 +328,31 @@ class PendingStore:
         return batch
 
     def _take_carts(self, now: float) -> _Batch | None:
-        retries = self.cart_retries
         limit = self.settings.max_batch_size
-        chosen: list[str] = []
-        retrying: bool | None = None  # a batch holds retried carts only, or fresh ones only
-        for reference in self.carts:
-            retry = retries.get(reference)
-            if retry is not None and retry[2] > now:
-                continue  # still backing off
-            if retrying is None:
-                retrying = retry is not None
-            elif retrying != (retry is not None):
-                continue
-            chosen.append(reference)
-            if len(chosen) == limit:
-                break
-        if not chosen:
+        ready = []
+        for reference, entry in self.retry_carts.items():
+            if entry[5] <= now:
+                ready.append(reference)
+                if len(ready) == limit:
+                    break
+        entries: list[list[Any]]
+        if ready:  # retried carts go first, in batches of their own
+            entries = [self.retry_carts.pop(reference) for reference in ready]
+        elif self.carts:
+            popitem = self.carts.popitem
+            entries = [popitem(last=False)[1] for _ in range(min(limit, len(self.carts)))]
+            self.cart_bytes = (
+                self.cart_bytes - sum(size_hint(e[0]) for e in entries) if self.carts else 0
+            )
+        else:
             return None
-        events: list[Event] = []
-        seqs: list[int] = []
-        arrivals: list[float] = []
-        budgets: list[_CartRetry] = []
-        for reference in chosen:
-            cart, first_at, seq = self.carts.pop(reference)
-            self.cart_bytes -= size_hint(cart)
-            events.append(cart)
-            seqs.append(seq)
-            arrivals.append(first_at)
-            if retrying:
-                budgets.append(retries.pop(reference))
-        if not self.carts:
-            self.cart_bytes = 0
+        events: list[Event] = [entry[0] for entry in entries]
+        seqs = [entry[2] for entry in entries]
+        batch = _Batch("carts", events, min(e[1] for e in entries), min(seqs), seqs)
+        if ready:
+            batch.attempts = max(e[3] for e in entries)
+            batch.first_failure = min(e[4] for e in entries)
         self.in_flight += len(events)
-        batch = _Batch("carts", events, min(arrivals), min(seqs), seqs)
-        if budgets:
-            batch.attempts = max(b[0] for b in budgets)
-            batch.first_failure = min(b[1] for b in budgets)
         return batch
 
     def failed(
@@ -367,10 +361,10 @@ class PendingStore:
     ) -> None:
         """Put the unresolved *events* of a failed *batch* back, to retry after *not_before*.
 
-        Views wait as a batch of their own. Carts merge into the pending carts by the collapse
-        rule: a pending update at least as new as the failed one wins (the failed one counts
-        as collapsed; equal instants: the pending one arrived later); otherwise the failed one
-        replaces it. Either way the cart keeps its retry budget and its first arrival.
+        Views wait as a batch of their own. Each cart waits in ``retry_carts``, merged with a
+        pending update of the same cart by the collapse rule: the pending update wins if it is
+        at least as new (it arrived later, so it also wins an equal instant; the other counts
+        as collapsed). The entry keeps the failed cart's retry budget and the first arrival.
         """
         self.in_flight -= len(events)
         if not events:
@@ -383,23 +377,26 @@ class PendingStore:
             self.retrying_views += len(events)
             return
         seq_of = dict(zip(map(id, batch.events), batch.seqs or (), strict=False))
-        for cart in reversed(events):
+        for cart in events:
             assert isinstance(cart, Cart)
             reference = cart.cart_reference
             seq = seq_of.get(id(cart), batch.mark)
-            entry = self.carts.get(reference)
-            if entry is None:
-                self.carts[reference] = [cart, batch.first_at, seq]
-                self.cart_bytes += size_hint(cart)
+            entry = self.carts.pop(reference, None)
+            if entry is not None:
+                self.cart_bytes -= size_hint(entry[0])
             else:
+                entry = self.retry_carts.pop(reference, None)
+            first_at = batch.first_at
+            if entry is not None:
+                # Merge by the collapse rule; the pending update arrived later, so it also
+                # wins an equal instant.
                 self.collapsed += 1
-                if cart.time > entry[0].time:
-                    self.cart_bytes += size_hint(cart) - size_hint(entry[0])
-                    entry[0] = cart
-                entry[1] = min(entry[1], batch.first_at)
-                entry[2] = min(entry[2], seq)
-            self.carts.move_to_end(reference, last=False)
-            self.cart_retries[reference] = (attempts, first_failure, not_before)
+                if cart.time <= entry[0].time:
+                    cart = entry[0]
+                first_at, seq = min(first_at, entry[1]), min(seq, entry[2])
+            self.retry_carts[reference] = [
+                cart, first_at, seq, attempts, first_failure, not_before
+            ]
 
     def resolved(self, count: int, outcome: Literal["sent", "dead_lettered"]) -> None:
         """*count* in-flight events left the buffer."""
@@ -419,16 +416,19 @@ class PendingStore:
             return False
         if any(batch.mark < view_mark for batch in self.retry_views):
             return False
-        return not any(entry[2] < cart_mark for entry in self.carts.values())
+        return not any(
+            entry[2] < cart_mark for entry in (*self.carts.values(), *self.retry_carts.values())
+        )
 
     def drain(self) -> list[Event]:
         """Remove and return every pending and retrying event."""
-        events: list[Event] = [entry[0] for entry in self.carts.values()]
+        events: list[Event] = [entry[0] for entry in self.retry_carts.values()]
+        events.extend(entry[0] for entry in self.carts.values())
         for batch in self.retry_views:
             events.extend(batch.events)
         events.extend(self.views)
         self.carts.clear()
-        self.cart_retries.clear()
+        self.retry_carts.clear()
         self.retry_views.clear()
         self.views.clear()
         self.view_times.clear()
@@ -534,7 +534,7 @@ class TrackingBuffer:
         s = self._store
         state = "closed" if self._closing else "open"
         return (
-            f"<voyado_tracking.TrackingBuffer {state} pending_carts={len(s.carts)} "
+            f"<voyado_tracking.TrackingBuffer {state} pending_carts={s.pending_carts} "
             f"pending_product_views={s.pending_views} in_flight={s.in_flight}>"
         )
 
@@ -598,7 +598,7 @@ class TrackingBuffer:
         def has_room() -> bool:
             if self._closing:
                 return True  # let enqueue raise BufferClosedError
-            if isinstance(event, Cart) and event.cart_reference in store.carts:
+            if isinstance(event, Cart) and store.has_cart(event.cart_reference):
                 return True
             return store.held < self.settings.max_pending
 
@@ -620,7 +620,7 @@ class TrackingBuffer:
             dropped=s.dropped,
             dead_lettered=s.dead_lettered,
             spooled=s.spooled,
-            pending_carts=len(s.carts),
+            pending_carts=s.pending_carts,
             pending_product_views=s.pending_views,
             in_flight=s.in_flight,
         )
