@@ -1,26 +1,27 @@
 """TrackingBuffer: fire-and-forget events, collapsed, batched and delivered in the background.
 
-Three layers, split the way aiokafka splits its producer:
+Split the way aiokafka splits its producer:
 
 ``PendingStore``
     Pure and synchronous: the pending carts (an ordered map keyed by ``cart_reference``, so
-    an update replaces the pending one in place) and product views (a FIFO), the collapse and
-    merge rule, the memory bound and overflow policies, thresholds and deadlines, and the event
-    accounting behind ``stats``. It is driven with an explicit ``now``, so every rule is
-    unit-testable without an event loop or a clock.
-``_Flusher``
-    The background task that owns the I/O. It sleeps on one wake-up event with the next
-    deadline as timeout ("size or time"), takes due batches from the store, and delivers them
-    through the client's single-attempt path, at most ``max_concurrent_requests`` at a time.
-    A retriable failure puts the batch back at the head of its stream and holds the stream
-    for a backoff; a rejected batch (400/413/422) is bisected until the bad event is alone.
+    an update replaces the pending one in place) and product views (a FIFO), the events
+    waiting to retry, the collapse and merge rule, the memory bound and overflow policies,
+    thresholds and deadlines, and the event accounting behind ``stats``. It is driven with an
+    explicit ``now``, so every rule is unit-testable without an event loop or a clock.
+The flusher (``TrackingBuffer._run`` and the send tasks it starts)
+    Owns the I/O. It sleeps on one wake-up event with the next deadline as timeout ("size or
+    time"), takes due batches from the store, and delivers them through the client's
+    single-attempt path: product views on up to ``max_concurrent_requests`` connections, cart
+    batches one at a time so a cart's updates arrive in order. A retriable failure puts the
+    unresolved events back with their own retry budget and holds the stream for a backoff; a
+    rejected batch (400/413/422) is bisected until the bad event is alone.
 ``TrackingBuffer``
-    The thin facade: binds to one event loop, validates the type of what is enqueued, starts
-    the flusher lazily, and runs the bounded shutdown (drain, then spool or count as dropped).
+    The facade: binds to one event loop, checks what is enqueued, starts the flusher lazily,
+    and runs the bounded shutdown (drain, stop the flusher, then spool or count as dropped).
 
 Accounting invariant (checked by the tests): every event ``enqueued`` ends up exactly once as
-``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is still pending or
-in flight.
+``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is still pending
+(retrying included) or in flight.
 """
 
 from __future__ import annotations
