@@ -33,7 +33,7 @@ def pending_carts(s: PendingStore) -> dict[str, vt.Cart]:
 
 
 def accounted(s: PendingStore) -> int:
-    return s.collapsed + s.sent + s.dropped + s.dead_lettered + s.spooled + s.outstanding()
+    return s.collapsed + s.sent + s.dropped + s.dead_lettered + s.spooled + s.held
 
 
 # -- collapse -----------------------------------------------------------------------------

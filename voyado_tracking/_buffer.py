@@ -436,9 +436,6 @@ class PendingStore:
         self.cart_bytes = self.view_bytes = self.retrying_views = 0
         return events
 
-    def outstanding(self) -> int:
-        return self.held
-
 
 class _RateLimitedLog:
     """One warning per kind of failure every ``_LOG_EVERY`` seconds, with a count of the rest."""
@@ -676,13 +673,13 @@ class TrackingBuffer:
         # Keep a slice of the time for cancelled requests to hand their events back.
         grace = min(_CANCEL_GRACE, timeout / 4)
         try:
-            if self._store.outstanding() and not self.client.closed:
+            if self._store.held and not self.client.closed:
                 self._ensure_flusher()
                 self._forcing += 1
                 self._wake.set()  # type: ignore[union-attr]
                 with contextlib.suppress(TimeoutError):
                     await self._wait_until(
-                        lambda: self._store.outstanding() == 0, deadline - grace
+                        lambda: self._store.held == 0, deadline - grace
                     )
         finally:
             self._stopping = True
@@ -712,9 +709,9 @@ class TrackingBuffer:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         store = getattr(self, "_store", None)
-        if store is not None and not getattr(self, "_closing", True) and store.outstanding():
+        if store is not None and not getattr(self, "_closing", True) and store.held:
             _warn(
-                f"TrackingBuffer garbage-collected with {store.outstanding()} undelivered "
+                f"TrackingBuffer garbage-collected with {store.held} undelivered "
                 "events; close it with 'await buffer.aclose()'",
                 ResourceWarning,
                 source=self,
