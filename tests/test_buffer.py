@@ -735,3 +735,47 @@ async def test_close_with_no_time_left_spools_everything_and_stops_the_flusher(
     assert (stats.spooled, stats.in_flight, stats.pending_product_views) == (100, 0, 0)
     assert buffer._flusher is None
     fake.release()
+
+
+async def test_a_5xx_poison_event_is_isolated_once_the_retry_budget_is_spent(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """Voyado answers 500 to some payloads: one such event must not take 15 good ones down."""
+    original = client._send
+
+    async def poison_500(path: str, body: bytes, max_pause: float | None = None) -> None:
+        if b"poison" in body:
+            raise vt.ApiError(500, "Internal Server Error", endpoint=path)
+        await original(path, body, max_pause)
+
+    client._send = poison_500  # type: ignore[method-assign]
+    dead: list[str] = []
+    policy = vt.RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
+    async with vt.TrackingBuffer(
+        client, settings(flush_interval=3600, retry=policy),
+        on_dead_letter=lambda e, err: dead.append(e.item_id),  # type: ignore[union-attr]
+    ) as buffer:
+        for i in range(16):
+            buffer.enqueue(view("poison" if i == 11 else f"p{i}"))
+        await buffer.flush(timeout=10)
+        stats = buffer.stats
+    assert dead == ["poison"]
+    assert len(fake.product_views) == 15
+    assert stats.requests <= 2 + 2 * 5 + 2
+
+
+async def test_an_outage_outlasting_the_retry_budget_costs_few_extra_requests(
+    closed_port_url: str,
+) -> None:
+    """When every half fails too, the batch is dead-lettered without a request per event."""
+    policy = vt.RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
+    client = vt.TrackingClient(closed_port_url, "k", max_requests_per_second=None)
+    async with client, vt.TrackingBuffer(
+        client, settings(flush_interval=3600, retry=policy)
+    ) as buffer:
+        for i in range(64):
+            buffer.enqueue(view(f"p{i}"))
+        await buffer.flush(timeout=10)
+        stats = buffer.stats
+    assert stats.dead_lettered == 64
+    assert stats.requests <= 2 + 2 * 7 + 2

@@ -899,13 +899,29 @@ class TrackingBuffer:
         Whatever way this ends, each event of the batch is sent, dead-lettered, or back in the
         store: nothing vanishes.
         """
+        last_chance: VoyadoError | None = None
         try:
             chunks = _chunks(batch.events, self.settings.max_batch_bytes)
             todo.clear()
             todo.extend(chunks)
-            await self._send_chunks(batch.kind, todo)
-        except _Retry as retry:
-            self._retry_later(batch, _take_all(todo), retry.error)
+            try:
+                await self._send_chunks(batch.kind, todo)
+            except _Retry as retry:
+                events = _take_all(todo)
+                if self._retry_later(batch, events, retry.error):
+                    return
+                if len(events) == 1:
+                    self._dead_letter(events, retry.error)
+                    return
+                middle = len(events) // 2  # the whole batch is known to fail: start split
+                todo.extend([(events[:middle], None), (events[middle:], None)])
+                last_chance = retry.error
+            if last_chance is not None:
+                log.warning(
+                    "retry budget spent for %d %s; trying halves once to isolate a bad event",
+                    sum(len(e) for e, _ in todo), batch.kind.replace("_", " "),
+                )
+                await self._send_chunks(batch.kind, todo, last_chance)
         except asyncio.CancelledError:
             # Shutdown: what was not confirmed goes back to the store, to be spooled.
             self._store.failed(
@@ -915,13 +931,28 @@ class TrackingBuffer:
         except Exception as error:  # a bug, not a Voyado answer: keep the events, retry later
             self._crashes += 1
             log.exception("unexpected error while sending a batch; it will be retried")
-            self._retry_later(batch, _take_all(todo), error)
+            events = _take_all(todo)
+            if not self._retry_later(batch, events, error):
+                self._dead_letter(events, VoyadoError(f"unexpected error: {error!r}"[:300]))
         else:
-            self._hold_until[batch.kind] = 0.0  # Voyado answers again
+            if last_chance is None:
+                self._hold_until[batch.kind] = 0.0  # Voyado answers again
 
-    async def _send_chunks(self, kind: Kind, todo: deque[_Chunk]) -> None:
+    async def _send_chunks(
+        self, kind: Kind, todo: deque[_Chunk], last_chance: VoyadoError | None = None
+    ) -> None:
+        """Send the chunks of *todo* in order, resolving each.
+
+        A retriable failure raises ``_Retry`` (the failed chunk and the rest stay in *todo*),
+        except in the *last chance* of a batch whose retry budget is spent: Voyado answers 500
+        to some payloads, so one bad event must not take the batch down. Each failing chunk is
+        then split and its halves tried once; a lone failing event is dead-lettered. Past
+        ``2 log2(n) + 2`` failures the cause is not one event (Voyado is down): the rest is
+        dead-lettered, so an outage costs a few requests, not one per event.
+        """
         path = _PATHS[kind]
         store = self._store
+        failures_left = 2 * sum(len(e) for e, _ in todo).bit_length() + 2
         while todo:
             events, body = todo[0]
             self._requests += 1
@@ -933,7 +964,10 @@ class TrackingBuffer:
                 return
             except ApiError as error:
                 if error.retriable:
-                    raise _Retry(error) from None
+                    if last_chance is None:
+                        raise _Retry(error) from None
+                    failures_left = self._split_or_give_up(todo, error, failures_left)
+                    continue
                 todo.popleft()
                 if error.status in _REJECTED and len(events) > 1:
                     # Bisect: the good half goes through, the bad one is split again.
@@ -942,15 +976,34 @@ class TrackingBuffer:
                     continue
                 self._dead_letter(events, error)  # the isolated bad event, or a final status
             except VoyadoError as error:  # TransportError
-                raise _Retry(error) from None
+                if last_chance is None:
+                    raise _Retry(error) from None
+                failures_left = self._split_or_give_up(todo, error, failures_left)
             else:
                 todo.popleft()
                 store.resolved(len(events), "sent")
 
-    def _retry_later(self, batch: _Batch, events: list[Event], error: Exception) -> None:
-        """Back off and put *events* back, or dead-letter them when the budget is spent."""
+    def _split_or_give_up(
+        self, todo: deque[_Chunk], error: VoyadoError, failures_left: int
+    ) -> int:
+        """Last chance: split the failed head chunk, or dead-letter (it, or everything)."""
+        events, _ = todo.popleft()
+        failures_left -= 1
+        if failures_left <= 0:
+            self._dead_letter(events, error)
+            for chunk_events in _take_chunks(todo):
+                self._dead_letter(chunk_events, error)
+        elif len(events) == 1:
+            self._dead_letter(events, error)
+        else:
+            middle = len(events) // 2
+            todo.extendleft([(events[middle:], None), (events[:middle], None)])
+        return failures_left
+
+    def _retry_later(self, batch: _Batch, events: list[Event], error: Exception) -> bool:
+        """Back off and put *events* back; False (events untouched) when the budget is spent."""
         if not events:
-            return
+            return True
         now = self._clock()
         attempts = batch.attempts + 1
         first_failure = batch.first_failure if batch.attempts else now
@@ -959,11 +1012,9 @@ class TrackingBuffer:
         if isinstance(error, RateLimitError) and error.retry_after is not None:
             wait = max(wait, error.retry_after)
         if not policy.allows(attempts, now - first_failure, wait):
-            reason = error if isinstance(error, VoyadoError) else VoyadoError(str(error))
-            log.error("retry budget exhausted after %d attempts; dead-lettering %d events",
+            log.error("retry budget exhausted after %d attempts for %d events",
                       attempts, len(events))
-            self._dead_letter(events, reason)
-            return
+            return False
         self._retries += 1
         self._hold_until[batch.kind] = max(self._hold_until[batch.kind], now + wait)
         self._log.warning(
@@ -975,6 +1026,7 @@ class TrackingBuffer:
             wait,
         )
         self._store.failed(batch, events, attempts, first_failure, now + wait)
+        return True
 
 
 if sys.version_info >= (3, 11):
