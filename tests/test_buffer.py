@@ -49,12 +49,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeVoyado]:
-    async with FakeVoyado() as server:
-        yield server
-
-
-@pytest.fixture
 async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
     async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None,
                                  retry=vt.RetryPolicy(initial_backoff=0.01)) as c:

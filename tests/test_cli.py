@@ -8,7 +8,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -85,12 +85,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVoyado]:
-    async with FakeVoyado() as server:
-        yield server
 
 
 # -- help and usage ------------------------------------------------------------------------

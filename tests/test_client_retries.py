@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -16,12 +15,6 @@ from voyado_tracking.testing import Chaos, FakeVoyado, Fault
 
 GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
 QUICK = vt.RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.5)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVoyado]:
-    async with FakeVoyado() as server:
-        yield server
 
 
 def client_for(fake: FakeVoyado, **kwargs: object) -> vt.TrackingClient:

@@ -23,12 +23,6 @@ FAST_RETRY = vt.RetryPolicy(max_attempts=1)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeVoyado]:
-    async with FakeVoyado() as server:
-        yield server
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session

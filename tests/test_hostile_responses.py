@@ -16,12 +16,6 @@ ONE_ATTEMPT = vt.RetryPolicy(max_attempts=1)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeVoyado]:
-    async with FakeVoyado() as server:
-        yield server
-
-
-@pytest.fixture
 async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
     async with vt.TrackingClient(fake.url, fake.api_key, retry=ONE_ATTEMPT) as c:
         yield c
