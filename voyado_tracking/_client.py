@@ -24,16 +24,20 @@ from ._errors import RateLimitError, TransportError, VoyadoError, api_error
 from ._models import Cart, ProductView
 from ._retry import RateLimitGate, RetryPolicy, TokenBucket, parse_retry_after
 from ._version import __version__
-from ._wire import dumps, dumps_one
+from ._wire import (
+    CARTS,
+    CARTS_BATCH,
+    PRODUCT_VIEW,
+    PRODUCT_VIEWS,
+    USER_AGENT_PATTERN,
+    dumps,
+    dumps_one,
+)
 
 __all__ = ["CARTS", "CARTS_BATCH", "PRODUCT_VIEW", "PRODUCT_VIEWS", "TrackingClient"]
 
 log = logging.getLogger("voyado_tracking")
 
-CARTS: Final = "/api/v2/tracking/carts"
-CARTS_BATCH: Final = "/api/v2/tracking/carts/batch"
-PRODUCT_VIEW: Final = "/api/v2/tracking/productview"
-PRODUCT_VIEWS: Final = "/api/v2/tracking/productviews"
 
 DEFAULT_USER_AGENT: Final = f"voyado-tracking/{__version__}"
 # A 429 without Retry-After still pauses every request of the client this long.
@@ -105,7 +109,7 @@ class TrackingClient:
         if (
             not isinstance(user_agent, str)
             or _HEADER_UNSAFE.search(user_agent)
-            or not re.fullmatch(r"\S+/\S+.*", user_agent)
+            or not USER_AGENT_PATTERN.fullmatch(user_agent)
         ):
             raise ValueError(f"user_agent must look like 'System/Version', got {user_agent!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

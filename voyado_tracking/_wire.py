@@ -12,6 +12,7 @@ must report. Every problem becomes an :class:`InvalidEventError` naming the came
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
@@ -26,6 +27,10 @@ from ._errors import InvalidEventError, shorten
 from ._models import Cart, CartItem, ProductView, Utm
 
 __all__ = [
+    "CARTS",
+    "CARTS_BATCH",
+    "PRODUCT_VIEW",
+    "PRODUCT_VIEWS",
     "Event",
     "EventType",
     "dumps",
@@ -40,6 +45,14 @@ __all__ = [
 Event = Cart | ProductView
 EventType = Literal["cart", "product_view"]
 _E = TypeVar("_E")
+
+# Voyado's four tracking endpoints (all POST, JSON body).
+CARTS: Final = "/api/v2/tracking/carts"
+CARTS_BATCH: Final = "/api/v2/tracking/carts/batch"
+PRODUCT_VIEW: Final = "/api/v2/tracking/productview"
+PRODUCT_VIEWS: Final = "/api/v2/tracking/productviews"
+# Voyado requires a User-Agent of the form "System/Version".
+USER_AGENT_PATTERN: Final = re.compile(r"\S+/\S+.*")
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {"cart": Cart, "product_view": ProductView}
 TYPE_NAMES: Final[dict[type[Event], EventType]] = {Cart: "cart", ProductView: "product_view"}

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import ssl
 from collections import Counter, deque
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import orjson
@@ -29,15 +28,17 @@ from aiohttp import web
 
 from .._errors import InvalidEventError
 from .._models import Cart, ProductView
-from .._wire import structure
+from .._wire import (
+    CARTS,
+    CARTS_BATCH,
+    PRODUCT_VIEW,
+    PRODUCT_VIEWS,
+    USER_AGENT_PATTERN,
+    structure,
+)
 
 __all__ = ["Chaos", "FakeVoyado", "Fault", "RecordedRequest"]
 
-CARTS: Final = "/api/v2/tracking/carts"
-CARTS_BATCH: Final = "/api/v2/tracking/carts/batch"
-PRODUCT_VIEW: Final = "/api/v2/tracking/productview"
-PRODUCT_VIEWS: Final = "/api/v2/tracking/productviews"
-_USER_AGENT = re.compile(r"\S+/\S+.*")
 
 
 @attrs.frozen(kw_only=True)
@@ -318,7 +319,7 @@ class FakeVoyado:
         """Status, error body and parsed events of a request, as Voyado would judge it."""
         if request.headers.get("apikey") != self._api_key:
             return 401, _error("missing or invalid apikey header"), []
-        if not _USER_AGENT.fullmatch(request.headers.get("User-Agent", "")):
+        if not USER_AGENT_PATTERN.fullmatch(request.headers.get("User-Agent", "")):
             return 400, _error("User-Agent header must look like 'System/Version'"), []
         if request.content_type != "application/json":
             return 500, _error("Content-Type must be application/json"), []
