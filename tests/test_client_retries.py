@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
+import warnings
 
 import aiohttp
 import pytest
 
 import voyado_tracking as vt
+from voyado_tracking._transport import LocalRateLimiter
 from voyado_tracking.testing import Chaos, FakeVoyado, Fault
 
 GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
@@ -103,10 +106,11 @@ async def test_429_pauses_every_concurrent_request_of_the_client(fake: FakeVoyad
     fake.script(Fault(status=429, retry_after=0.3))
     async with client_for(fake) as client:
         first = asyncio.create_task(client.register_product_view(a_view("a")))
-        for _ in range(2000):  # until the 429 has closed the gate
-            if client._gate.remaining() > 0:
+        for _ in range(2000):  # until the 429 has been answered
+            if fake.requests:
                 break
             await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # and read: the gate is closed for 0.3 s
         others = [asyncio.create_task(client.register_product_view(a_view(i))) for i in "bc"]
         await asyncio.sleep(0.1)
         assert len(fake.requests) == 1  # b and c are held at the gate
@@ -135,23 +139,22 @@ async def test_token_bucket_spaces_requests_beyond_the_burst(fake: FakeVoyado) -
     assert len(fake.product_views) == 60
 
 
-async def test_requests_released_by_a_429_pause_keep_the_rate(fake: FakeVoyado) -> None:
+async def test_requests_released_by_a_429_pause_keep_the_rate() -> None:
     """Slots reserved before a pause are stale after it: no herd when the gate reopens."""
     loop = asyncio.get_running_loop()
-    async with client_for(fake, max_requests_per_second=10.0) as client:
-        assert client._bucket is not None
-        for _ in range(10):
-            client._bucket.reserve()  # the burst is spent: slots come every 0.1 s
-        done: list[float] = []
+    limiter = LocalRateLimiter(10.0)
+    for _ in range(10):
+        await limiter.acquire(None)  # the burst is spent: slots come every 0.1 s
+    done: list[float] = []
 
-        async def send(item: str) -> None:
-            await client.register_product_view(a_view(item))
-            done.append(loop.time())
+    async def send() -> None:
+        await limiter.acquire(None)
+        done.append(loop.time())
 
-        tasks = [asyncio.create_task(send(str(i))) for i in range(5)]
-        await asyncio.sleep(0)  # every task has reserved its slot (0.1 .. 0.5 s)
-        client._gate.pause(0.6)  # as a 429 would
-        await asyncio.gather(*tasks)
+    tasks = [asyncio.create_task(send()) for _ in range(5)]
+    await asyncio.sleep(0)  # every task has reserved its slot (0.1 .. 0.5 s)
+    await limiter.pause(0.6)  # as a 429 would
+    await asyncio.gather(*tasks)
     assert max(done) - min(done) >= 0.2  # spread like the rate, not all at 0.6 s
 
 
@@ -200,10 +203,12 @@ async def test_borrowed_session_is_not_closed(fake: FakeVoyado) -> None:
 async def test_owned_session_is_closed_by_aclose(fake: FakeVoyado) -> None:
     client = client_for(fake)
     await client.register_product_view(a_view())
-    session = client._session
-    assert session is not None
-    await client.aclose()
-    assert session.closed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await client.aclose()
+        del client
+        gc.collect()
+    assert not [w for w in caught if "Unclosed" in str(w.message)]
 
 
 async def test_localhost_over_plain_http_is_allowed(fake: FakeVoyado) -> None:
@@ -221,9 +226,10 @@ def test_plain_http_to_a_non_loopback_host_is_refused(host: str) -> None:
 async def test_one_connection_pool_is_reused(fake: FakeVoyado) -> None:
     async with client_for(fake) as client:
         await client.register_product_view(a_view())
-        session = client._session
+        # No public attribute says which connection pool is in use.
+        session = client.transport._session
         await client.register_product_view(a_view())
-        assert client._session is session
+        assert client.transport._session is session
 
 
 async def test_awaited_call_fails_fast_while_a_long_429_pause_lasts() -> None:

@@ -29,7 +29,7 @@ def store(**settings: Any) -> tuple[PendingStore, list[tuple[Any, str]]]:
 
 def pending_carts(s: PendingStore) -> dict[str, vt.Cart]:
     entries = {**s.carts, **s.retry_carts}
-    return {ref: entry[0] for ref, entry in entries.items()}
+    return {ref: entry.cart for ref, entry in entries.items()}
 
 
 def accounted(s: PendingStore) -> int:
@@ -258,7 +258,7 @@ def test_failed_events_keep_their_age() -> None:
     batch = s.take("carts", now=10.0)
     s.add(cart("c1", "2024-05-01T10:01:00Z"), now=14.0)
     fail(s, batch, at=14.0)
-    assert s.retry_carts["c1"][1] == 10.0
+    assert s.retry_carts["c1"].first_at == 10.0
 
 
 def test_settled_tells_whether_events_before_a_mark_are_still_held() -> None:
@@ -278,14 +278,26 @@ def test_settled_tells_whether_events_before_a_mark_are_still_held() -> None:
 # -- memory bound and overflow ------------------------------------------------------------
 
 
-def test_drop_oldest_drops_the_oldest_pending_event_of_either_stream() -> None:
+def test_drop_oldest_drops_a_product_view_before_an_older_cart() -> None:
+    """A cart's latest state drives the abandoned-cart mail: views go first."""
     s, drops = store(max_batch_size=2, max_pending=2)
     first = cart("c1", "2024-05-01T10:00:00Z")
     s.add(first, now=0)
-    s.add(view("p1"), now=1)
+    oldest_view = view("p1")
+    s.add(oldest_view, now=1)
     s.add(view("p2"), now=2)
+    assert drops == [(oldest_view, "overflow")]
+    assert (list(s.carts), [v.item_id for v in s.views], s.dropped) == (["c1"], ["p2"], 1)
+
+
+def test_drop_oldest_drops_the_oldest_cart_only_when_no_view_is_pending() -> None:
+    s, drops = store(max_batch_size=2, max_pending=2)
+    first = cart("c1", "2024-05-01T10:00:00Z")
+    s.add(first, now=0)
+    s.add(cart("c2", "2024-05-01T10:00:00Z"), now=1)
+    s.add(cart("c3", "2024-05-01T10:00:00Z"), now=2)
     assert drops == [(first, "overflow")]
-    assert (len(s.carts), len(s.views), s.dropped) == (0, 2, 1)
+    assert list(s.carts) == ["c2", "c3"]
 
 
 def test_drop_newest_drops_the_incoming_event() -> None:
@@ -332,10 +344,12 @@ def test_every_event_is_accounted_for_exactly_once() -> None:
         s.add(view(f"p{i}"), now=float(i))
         s.add(cart(f"c{i % 3}", f"2024-05-01T10:00:0{i}Z"), now=float(i))
     batch = s.take("product_views", now=0)
-    s.resolved(2, "sent")
+    assert batch is not None
+    s.resolved(len(batch.events) - 1, "sent")
     s.resolved(1, "dead_lettered")
     fail(s, s.take("carts", now=0))
-    assert len(batch.events) == 3
+    assert s.dropped > 0
+    assert s.collapsed > 0
     assert accounted(s) == s.enqueued == 16
 
 

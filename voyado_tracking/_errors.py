@@ -44,7 +44,12 @@ def shorten(value: object, limit: int = _MAX_VALUE_CHARS) -> str:
 
 
 class VoyadoError(Exception):
-    """Base class of every error raised by voyado_tracking."""
+    """Base class of every error raised by voyado_tracking.
+
+    ``retriable`` says whether the same request may succeed if tried again later.
+    """
+
+    retriable: bool = False
 
 
 class InvalidEventError(VoyadoError, ValueError):
@@ -63,22 +68,29 @@ class ApiError(VoyadoError):
     """Voyado answered with a non-success status.
 
     ``body`` holds the start of the response body (about 1 KB at most); ``retriable`` says
-    whether the same request may succeed later (408, 429 and 5xx other than 501).
+    whether the same request may succeed later (408, 429 and 5xx other than 501);
+    ``retry_after`` is the pause Voyado asked for (``Retry-After``, in seconds), if any.
+    ``endpoint`` is the full URL that answered (never the key).
     """
 
-    def __init__(self, status: int, body: str = "", *, endpoint: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        body: str = "",
+        *,
+        endpoint: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         if len(body) > MAX_BODY_CHARS:
             body = body[:MAX_BODY_CHARS] + "…"
         self.status = status
         self.body = body
         self.endpoint = endpoint
+        self.retry_after = retry_after
+        self.retriable = is_retriable_status(status)
         where = f" from {endpoint}" if endpoint else ""
         detail = f": {body}" if body else ""
         super().__init__(f"HTTP {status}{where}{detail}")
-
-    @property
-    def retriable(self) -> bool:
-        return is_retriable_status(self.status)
 
     def __reduce__(self) -> tuple[object, ...]:
         # Exception's default re-calls __init__ with the message as the status.
@@ -100,14 +112,17 @@ class RateLimitError(ApiError):
         endpoint: str = "",
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(status, body, endpoint=endpoint)
-        self.retry_after = retry_after
+        super().__init__(status, body, endpoint=endpoint, retry_after=retry_after)
 
 
 class TransportError(VoyadoError):
     """The request did not get an HTTP answer: timeout, connection refused or dropped."""
 
     retriable = True
+
+
+class ClientClosedError(VoyadoError):
+    """The TrackingClient was closed: nothing more can be sent through it. Final."""
 
 
 class BufferClosedError(VoyadoError):
@@ -135,4 +150,4 @@ def api_error(status: int, body: str, endpoint: str, retry_after: float | None) 
         return AuthenticationError(status, body, endpoint=endpoint)
     if status == 429:
         return RateLimitError(status, body, endpoint=endpoint, retry_after=retry_after)
-    return ApiError(status, body, endpoint=endpoint)
+    return ApiError(status, body, endpoint=endpoint, retry_after=retry_after)

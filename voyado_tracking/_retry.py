@@ -17,7 +17,6 @@ Clocks and sleeps are injectable so that tests pin timing without sleeping.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import attrs
+
+from ._errors import ApiError, VoyadoError
+from ._validators import attrs_optional_positive, attrs_positive, check_int_at_least
 
 __all__ = ["RateLimitGate", "RetryPolicy", "TokenBucket", "parse_retry_after"]
 
@@ -35,22 +37,9 @@ Sleep = Callable[[float], Awaitable[None]]
 MAX_RETRY_AFTER: Final = 300.0
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    # Infinity is refused too: an endless backoff or max_elapsed means retries never end.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
-
-
-def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _positive(instance, attribute, value)
-
-
 def _attempts(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_attempts must be an int >= 1 or None, got {value!r}")
+    if value is not None:
+        check_int_at_least("max_attempts", value, 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -64,9 +53,9 @@ class RetryPolicy:
     """
 
     max_attempts: int | None = attrs.field(default=3, validator=_attempts)
-    initial_backoff: float = attrs.field(default=0.2, validator=_positive)
-    max_backoff: float = attrs.field(default=5.0, validator=_positive)
-    max_elapsed: float | None = attrs.field(default=None, validator=_optional_positive)
+    initial_backoff: float = attrs.field(default=0.2, validator=attrs_positive)
+    max_backoff: float = attrs.field(default=5.0, validator=attrs_positive)
+    max_elapsed: float | None = attrs.field(default=None, validator=attrs_optional_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts is None and self.max_elapsed is None:
@@ -84,6 +73,34 @@ class RetryPolicy:
         if self.max_attempts is not None and attempts >= self.max_attempts:
             return False
         return self.max_elapsed is None or elapsed + wait <= self.max_elapsed
+
+    def next_wait(
+        self,
+        error: VoyadoError,
+        attempts: int,
+        elapsed: float,
+        *,
+        patient: bool = True,
+        rng: Callable[[], float] = random.random,
+    ) -> float | None:
+        """Seconds to wait before the next attempt after *error*, or ``None`` to give up.
+
+        The one retry rule of the library, used by awaited calls and by buffers alike: only
+        a retriable error is retried; the wait is the jittered backoff, or the server's
+        ``Retry-After`` (on 429 and 5xx alike) when that is longer; the attempt and elapsed
+        budgets bound it. An impatient caller (an awaited call in a request handler,
+        ``patient=False``) gives up at once when Voyado asks for a pause longer than
+        ``max_backoff`` instead of hanging.
+        """
+        if not error.retriable:
+            return None
+        wait = self.backoff(attempts, rng)
+        retry_after = error.retry_after if isinstance(error, ApiError) else None
+        if retry_after is not None:
+            if not patient and retry_after > self.max_backoff:
+                return None
+            wait = max(wait, retry_after)
+        return wait if self.allows(attempts, elapsed, wait) else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

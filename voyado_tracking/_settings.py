@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
 from ._retry import RetryPolicy
+from ._validators import attrs_int_at_least, attrs_positive
 
 __all__ = ["FlushSettings", "Overflow"]
 
 Overflow = Literal["drop_oldest", "drop_newest", "raise"]
 _OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "raise")
-
-
-def _int_at_least(minimum: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{attribute.name} must be an int >= {minimum}, got {value!r}")
-
-    return check
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a number of seconds > 0, got {value!r}")
-    if value == float("inf"):
-        raise ValueError(f"{attribute.name} must be finite")
 
 
 def _overflow(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
@@ -55,14 +41,14 @@ class FlushSettings:
     the new one, ``"raise"`` raises :class:`BufferFullError`.
     """
 
-    max_batch_size: int = attrs.field(default=500, validator=_int_at_least(1))
-    max_batch_bytes: int = attrs.field(default=1_000_000, validator=_int_at_least(1024))
-    flush_interval: float = attrs.field(default=5.0, validator=_seconds)
-    max_pending: int = attrs.field(default=10_000, validator=_int_at_least(1))
+    max_batch_size: int = attrs.field(default=500, validator=attrs_int_at_least(1))
+    max_batch_bytes: int = attrs.field(default=1_000_000, validator=attrs_int_at_least(1024))
+    flush_interval: float = attrs.field(default=5.0, validator=attrs_positive)
+    max_pending: int = attrs.field(default=10_000, validator=attrs_int_at_least(1))
     overflow: Overflow = attrs.field(default="drop_oldest", validator=_overflow)
-    max_concurrent_requests: int = attrs.field(default=2, validator=_int_at_least(1))
+    max_concurrent_requests: int = attrs.field(default=2, validator=attrs_int_at_least(1))
     retry: RetryPolicy = attrs.field(factory=_default_retry, validator=_retry)
-    shutdown_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    shutdown_timeout: float = attrs.field(default=30.0, validator=attrs_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_pending < self.max_batch_size:

@@ -1,0 +1,53 @@
+"""The clock a buffer runs on: what time it is, and "wait for this event, or until then".
+
+Everything time-driven in the buffer and its sender (flush intervals, retry holds, flush and
+close deadlines) asks a :class:`Clock`, so tests can drive them with
+``voyado_tracking.testing.FakeClock`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "MonotonicClock"]
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for *event* at most *timeout* seconds; False when the time ran out."""
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and the event loop's timers."""
+
+    __slots__ = ()
+
+    now = staticmethod(time.monotonic)
+
+    if sys.version_info >= (3, 11):
+
+        async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+            # Not ``asyncio.wait_for``: on Python 3.10 and 3.11 it swallows a cancellation
+            # that arrives as the event is set, which let a cancelled flusher run on.
+            try:
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+            except TimeoutError:
+                return False
+            return True
+
+    else:  # pragma: no cover - Python 3.10
+
+        async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                done, _ = await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+            return bool(done)

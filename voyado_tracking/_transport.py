@@ -1,0 +1,263 @@
+"""The one aiohttp boundary: session, headers, rate gates, one POST, error translation.
+
+Everything that reaches Voyado goes through :meth:`Transport.post`: awaited client calls,
+buffers and forwarders alike, so they share one connection pool, one 429 pause and one request
+rate. aiohttp's exceptions are translated here and nowhere else (``_translate``): callers see
+only our exception tree. Response bodies are read with a bound: a huge answer, success or
+error, never grows memory by its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Final, Protocol
+
+import aiohttp
+from yarl import URL
+
+from ._errors import ClientClosedError, RateLimitError, TransportError, api_error
+from ._retry import RateLimitGate, TokenBucket, parse_retry_after
+from ._validators import check_positive
+from ._version import __version__
+from ._wire import CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS, USER_AGENT_PATTERN
+
+__all__ = [
+    "LocalRateLimiter",
+    "RateLimiter",
+    "Send",
+    "Transport",
+    "check_api_key",
+    "check_base_url",
+    "check_user_agent",
+    "is_loopback",
+]
+
+log = logging.getLogger("voyado_tracking")
+
+DEFAULT_USER_AGENT: Final = f"voyado-tracking/{__version__}"
+# A 429 without Retry-After still pauses every request of the client this long.
+DEFAULT_RATE_LIMIT_PAUSE: Final = 1.0
+_ERROR_BODY_BYTES: Final = 4096
+# A success body is read (so the connection can be reused) up to this much, then dropped.
+_SUCCESS_BODY_BYTES: Final = 64 * 1024
+_HEADER_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Send(Protocol):
+    """What a sender needs of the network: one POST of an encoded body to an endpoint path.
+
+    Raises :class:`ApiError` for a non-2xx answer, :class:`TransportError` when no answer came.
+    """
+
+    async def __call__(self, path: str, body: bytes) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Admits requests at a rate and holds them all during a 429 pause."""
+
+    async def acquire(self, max_pause: float | None) -> None:
+        """Wait for a request slot; raise RateLimitError at once if paused past *max_pause*."""
+
+    async def pause(self, seconds: float) -> None:
+        """Voyado answered 429: hold every request for *seconds*."""
+
+
+class LocalRateLimiter:
+    """The in-process limiter: a 429 gate and an optional token bucket (``rate=None``: none)."""
+
+    __slots__ = ("_bucket", "_gate")
+
+    def __init__(self, rate: float | None) -> None:
+        self._gate = RateLimitGate()
+        self._bucket = TokenBucket(rate) if rate else None
+
+    async def acquire(self, max_pause: float | None) -> None:
+        gate, bucket = self._gate, self._bucket
+        paused = gate.remaining()
+        if max_pause is not None and paused > max_pause:
+            raise RateLimitError(
+                429,
+                "not sent: requests are paused by an earlier 429 from Voyado",
+                retry_after=paused,
+            )
+        await gate.wait()
+        if bucket is not None:
+            await bucket.acquire()
+            # A 429 may have closed the gate while we queued for a slot. That slot is stale
+            # once the pause is over: take a new one, or everyone held by the pause would
+            # fire at once when it ends.
+            while gate.remaining() > 0:
+                await gate.wait()
+                await bucket.acquire()
+
+    async def pause(self, seconds: float) -> None:
+        self._gate.pause(seconds)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: object) -> URL:
+    """The tenant's base URL: https (plain http to loopback only), no path, query or user."""
+    if not isinstance(value, (str, URL)):
+        raise TypeError(f"base_url must be a str, got {type(value).__name__}")
+    url = URL(str(value))
+    if not url.is_absolute() or not url.host:
+        # Not echoed without a scheme: swapped arguments would put the API key in the message.
+        got = repr(str(value)) if "://" in str(value) else "a value without a scheme"
+        raise ValueError(
+            f"base_url must be an absolute URL such as https://<tenant>.voyado.com, got {got}"
+        )
+    if url.query_string or url.fragment or url.user or url.password:
+        raise ValueError("base_url must not carry credentials, a query or a fragment")
+    if url.path not in ("", "/"):
+        raise ValueError(
+            f"base_url must be the tenant's root such as https://<tenant>.voyado.com, without "
+            f"a path (got path {url.path!r}; the client adds /api/v2/tracking/... itself)"
+        )
+    if url.scheme == "https" or (url.scheme == "http" and is_loopback(url.host)):
+        return url.with_path("")
+    raise ValueError(
+        f"base_url must use https:// (plain http is only allowed to loopback hosts), got {url}"
+    )
+
+
+def check_api_key(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or _HEADER_UNSAFE.search(value):
+        # Never echo the value: it may be a real key pasted in the wrong place.
+        raise ValueError("api_key must be a non-empty string without control characters")
+    return value
+
+
+def check_user_agent(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or _HEADER_UNSAFE.search(value)
+        or not USER_AGENT_PATTERN.fullmatch(value)
+    ):
+        raise ValueError(f"user_agent must look like 'System/Version', got {value!r}")
+    return value
+
+
+class Transport:
+    """One pooled aiohttp session to one Voyado tenant, behind one rate limiter."""
+
+    def __init__(
+        self,
+        base_url: URL,
+        api_key: str,
+        user_agent: str,
+        *,
+        session: aiohttp.ClientSession | None,
+        timeout: float,
+        limiter: RateLimiter,
+        verify_tls: bool,
+    ) -> None:
+        self._headers: Final = {
+            "apikey": api_key,
+            "User-Agent": user_agent,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._urls: Final = {
+            path: URL(str(base_url) + path)
+            for path in (CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS)
+        }
+        self.timeout = check_positive("timeout", timeout)
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout)
+        self._limiter = limiter
+        self._verify_tls = verify_tls
+        self._session = session
+        self._owns_session = session is None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return "<voyado_tracking transport api_key='***'>"
+
+    async def aclose(self) -> None:
+        self.closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise ClientClosedError("this TrackingClient is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._verify_tls),
+                timeout=self._timeout,
+            )
+        return self._session
+
+    async def post(self, path: str, body: bytes, max_pause: float | None = None) -> None:
+        """One POST through the rate limiter; raises ApiError or TransportError on failure.
+
+        A caller that will not wait more than *max_pause* seconds for a 429 pause to end (an
+        awaited call in a request handler) gets a RateLimitError at once instead, without a
+        request being sent.
+        """
+        url = self._urls[path]
+        try:
+            await self._limiter.acquire(max_pause)
+        except RateLimitError as error:
+            error.endpoint = str(url)
+            raise
+        session = self._get_session()
+        started = time.monotonic()
+        with _translate(url, self.timeout):
+            async with session.post(
+                url, data=body, headers=self._headers, timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    await response.content.read(_SUCCESS_BODY_BYTES)
+                else:
+                    raw = await response.content.read(_ERROR_BODY_BYTES)
+                    retry_after_header = response.headers.get("Retry-After")
+        log.debug("POST %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
+        if 200 <= status < 300:
+            return
+        retry_after = parse_retry_after(retry_after_header)
+        if status == 429:
+            await self._limiter.pause(
+                DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else retry_after
+            )
+        # A gateway may echo request headers in its error page: never let the key through.
+        text = raw.decode("utf-8", "replace").replace(self._headers["apikey"], "***")
+        raise api_error(status, text, str(url), retry_after)
+
+
+@contextlib.contextmanager
+def _translate(url: URL, timeout: float) -> Iterator[None]:
+    """aiohttp's and the OS's failures, as our exceptions (the only place that does this)."""
+    try:
+        yield
+    except asyncio.TimeoutError:
+        log.debug("POST %s timed out after %.1f s", url.path, timeout)
+        raise TransportError(f"POST {url} timed out after {timeout:g} s") from None
+    except (aiohttp.ClientError, OSError) as error:
+        log.debug("POST %s failed: %s", url.path, type(error).__name__)
+        raise TransportError(f"POST {url} failed: {_describe(error)}") from None
+    except RuntimeError as error:  # e.g. a borrowed session that its owner closed
+        raise ClientClosedError(f"POST {url} failed: {_describe(error)}") from None
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:300]
+
+
