@@ -9,8 +9,8 @@ one at a time, so a cart's updates reach Voyado in arrival order even at equal t
 It depends on a narrow interface only: ``send(path, body)`` (one attempt, raising our
 errors) and a :class:`Clock`, so its rules are tested with a fake send and a fake clock.
 
-Per batch, whatever way it ends, each event is sent, handed to ``on_final`` (dead letter),
-or back in the store:
+Per batch, whatever way it ends, each event is sent (``on_sent``), handed to ``on_final``
+(dead letter), or back in the store:
 
 - a retriable failure (429, 5xx, timeout) puts the unresolved events back with their own
   retry budget and holds the stream for the backoff (``RetryPolicy.next_wait``);
@@ -68,6 +68,7 @@ class Sender:
         clock: Clock,
         on_final: FinalHook,
         on_progress: Callable[[], None],
+        on_sent: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self._store = store
         self._send = send
@@ -75,6 +76,7 @@ class Sender:
         self._clock = clock
         self._on_final = on_final
         self._on_progress = on_progress
+        self._on_sent = on_sent
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._sends: dict[asyncio.Task[None], tuple[Batch, deque[_Chunk]]] = {}
@@ -286,6 +288,8 @@ class Sender:
             else:
                 todo.popleft()
                 self._store.resolved(len(events), "sent")
+                if self._on_sent is not None:
+                    self._on_sent(events)
 
     def _split_or_give_up(
         self, todo: deque[_Chunk], error: VoyadoError, failures_left: int

@@ -31,9 +31,10 @@ class FakeClock:
         loop = asyncio.get_running_loop()
         timer: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._timers, (self._now + max(timeout, 0.0), next(self._seq), timer))
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[object] = asyncio.ensure_future(event.wait())
+        waits: set[asyncio.Future[object]] = {waiter, timer}  # type: ignore[arg-type]
         try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             timer.cancel()
