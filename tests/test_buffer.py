@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeVoyado, Fault
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

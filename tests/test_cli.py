@@ -15,7 +15,8 @@ import attrs
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._wire import Event, event_to_line, line_to_event
+from voyado_tracking._eventfile import event_to_line, line_to_event
+from voyado_tracking._wire import Event
 from voyado_tracking.testing import FakeVoyado
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeVoyado
 
 SECRET = "outage-secret-key-abcdef"

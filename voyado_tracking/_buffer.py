@@ -52,9 +52,10 @@ from ._errors import (
     RateLimitError,
     VoyadoError,
 )
+from ._eventfile import event_to_line
 from ._models import Cart, ProductView
 from ._settings import FlushSettings
-from ._wire import _TO_WIRE, Event, event_to_line, size_hint
+from ._wire import _TO_WIRE, Event, size_hint
 
 __all__ = ["BufferStats", "PendingStore", "TrackingBuffer"]
 

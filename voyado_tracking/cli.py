@@ -38,11 +38,12 @@ import attrs
 from ._buffer import BufferStats, TrackingBuffer
 from ._client import TrackingClient, is_loopback
 from ._errors import InvalidEventError, VoyadoError
+from ._eventfile import event_to_line, line_to_event
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
 from ._version import __version__
-from ._wire import Event, event_to_line, line_to_event
+from ._wire import Event
 from .testing import Chaos, FakeVoyado
 
 __all__ = ["main"]
