@@ -1,5 +1,7 @@
-"""Test helpers: a loopback fake of Voyado's tracking API, and a pytest plugin around it."""
+"""Test helpers: a loopback fake of Voyado's tracking API, a pytest plugin around it, and a
+seeded shop-traffic simulator with the oracle of what Voyado should end up holding."""
 
 from ._fake import Chaos, FakeVoyado, Fault, RecordedRequest
+from ._shop import latest_carts, shop_traffic
 
-__all__ = ["Chaos", "FakeVoyado", "Fault", "RecordedRequest"]
+__all__ = ["Chaos", "FakeVoyado", "Fault", "RecordedRequest", "latest_carts", "shop_traffic"]
