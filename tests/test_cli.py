@@ -98,6 +98,16 @@ async def test_help_lists_the_demo_send_and_fake_server_commands() -> None:
         assert command in result.stdout
 
 
+async def test_importing_the_cli_does_not_import_the_testing_helpers() -> None:
+    code = (
+        "import sys, voyado_tracking.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('voyado_tracking.testing')))"
+    )
+    result = await run_cli(python=("-c", code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 async def test_console_script_runs_the_same_command_line() -> None:
     script = Path(sys.executable).with_name("voyado-tracking")
     if not script.exists():
@@ -155,6 +165,65 @@ async def test_progress_degrades_to_plain_lines_without_rich() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "shop traffic [" in result.stderr
+
+
+def report_lines(out: str) -> list[str]:
+    """The demo's output lines that depend on the seed only, not on timing."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "events enqueued" in line)
+    return [lines[0].split(" against ")[0], *lines[start:start + 2],
+            *(line for line in lines if line.startswith(("CHECK", "RESULT")))]
+
+
+async def run_demo_in_process(*flags: str) -> None:
+    from voyado_tracking.cli import _parser
+    from voyado_tracking.cli._demo import run_demo
+
+    assert await run_demo(_parser().parse_args(["demo", *flags]), "plain") == 0
+
+
+async def test_a_seeded_demo_gives_the_same_events_and_end_state_every_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flags = ("--seed", "11", "--shoppers", "15", "--events", "600", "--duration", "0.3")
+    await run_demo_in_process(*flags)
+    first = capsys.readouterr().out
+    await run_demo_in_process(*flags)
+    second = capsys.readouterr().out
+    assert report_lines(first) == report_lines(second)
+    assert "600 events (seed 11)" in first
+    assert "carts:" in report_lines(first)[2]
+
+
+async def test_the_demo_prints_its_100_percent_progress_line_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await run_demo_in_process("--shoppers", "5", "--events", "100", "--duration", "0.1")
+    assert capsys.readouterr().err.count("100%") == 1
+
+
+async def test_plain_progress_shows_100_percent_only_on_its_final_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """While work goes on after the count is complete (a buffer draining), no tick says
+    100%: only the final line does."""
+    from voyado_tracking.cli._progress import progress
+
+    polls = 0
+    ticked = asyncio.Event()
+
+    def poll() -> tuple[int, int | None, str]:
+        nonlocal polls
+        polls += 1
+        if polls >= 4:
+            ticked.set()
+        return 10, 10, "draining"
+
+    async with progress("plain", "work", poll, 0.001):
+        await ticked.wait()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 4
+    assert [line for line in lines if "100%" in line] == lines[-1:]
 
 
 # -- send ----------------------------------------------------------------------------------
