@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import orjson
 import pytest
 
 import voyado_tracking as vt
@@ -497,6 +498,43 @@ async def test_fake_server_prints_url_and_key_on_one_line_and_stops_on_sigterm()
             await process.wait()
     assert process.returncode == 0
     assert b"1 product views" in err
+
+
+async def test_fake_server_dump_writes_what_it_received_on_sigterm(tmp_path: Path) -> None:
+    dump = tmp_path / "state.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "fake-server", "--dump", str(dump),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        settings = dict(part.split("=", 1) for part in first.split())
+        async with vt.TrackingClient(settings["VOYADO_BASE_URL"],
+                                     settings["VOYADO_API_KEY"]) as client:
+            await client.register_product_view(view("SKU-1"))
+            await client.register_carts([cart("c-1", "SKU-1", minute=5), cart("c-1", minute=1)])
+        assert not dump.exists()  # written on exit, not before
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    state = orjson.loads(dump.read_bytes())
+    assert state["carts"]["c-1"]["items"] == [{"sku": "SKU-1", "quantity": 1}]  # latest time
+    assert [v["itemId"] for v in state["productViews"]] == ["SKU-1"]
+    assert state["requests"]["total"] == 2
+    assert state["requests"]["byStatus"] == {"200": 2}
+
+
+async def test_fake_server_dump_into_a_missing_directory_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("fake-server", "--dump", str(tmp_path / "no" / "state.json"))
+    assert result.returncode == 2
+    assert "--dump" in result.stderr
 
 
 async def test_fake_server_refuses_a_non_loopback_host_without_public() -> None:

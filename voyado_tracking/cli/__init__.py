@@ -166,7 +166,9 @@ def _add_fake_server(commands: Commands) -> None:
         "fake-server",
         help="run a fake Voyado tracking API on loopback",
         description="Run FakeVoyado standalone. Prints 'VOYADO_BASE_URL=... "
-        "VOYADO_API_KEY=...' on one line of stdout, then serves until Ctrl-C or SIGTERM.",
+        "VOYADO_API_KEY=...' on one line of stdout, then serves until Ctrl-C or SIGTERM. "
+        "GET <url>/_fake/state shows what it received: carts by latest time, product views "
+        "and request counts, as JSON.",
     )
     fake.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     fake.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -185,6 +187,12 @@ def _add_fake_server(commands: Commands) -> None:
     fake.add_argument("--drop-rate", type=_rate, default=0.0,
                       help="share of connections dropped without an answer")
     fake.add_argument("--seed", type=int, default=0, help="random seed of the faults")
+    fake.add_argument("--rate-limit", type=_positive_int, default=None, metavar="N",
+                      help="answer 429 + Retry-After to requests beyond N in any one-second "
+                      "window, like Voyado's per-key limit (default: no limit)")
+    fake.add_argument("--dump", metavar="FILE",
+                      help="on exit (Ctrl-C or SIGTERM), write what the fake received to FILE "
+                      "as JSON: the same data as GET /_fake/state while it runs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
