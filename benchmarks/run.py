@@ -198,7 +198,7 @@ def table(results: Results) -> str:
              f"same ticker on an idle loop (noise floor): "
              f"{cell(results.samples('looplag', 'voyado', 'idle_max_ms'))}")
     absolute("cart collapse: requests sent", ("collapse", "voyado", "requests"), None,
-             "cart updates over 1k carts, default settings")
+             "simulated shoppers' cart updates, default settings")
     absolute("cart collapse: cart updates sent", ("collapse", "voyado", "sent"), None,
              "the rest collapsed (only the latest `time` per cart matters)")
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import CONTACT, cart, eventually, view
 
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeClock, FakeVoyado, Fault
 
 FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,

@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import CONTACT, free_port
 
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeVoyado
 
 SECRET = "outage-secret-key-abcdef"

@@ -40,12 +40,13 @@ import attrs
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
+from ._eventfile import event_to_line
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
 from ._settings import FlushSettings
 from ._store import DropReason, PendingStore
-from ._wire import Event, event_to_line
+from ._wire import Event
 
 __all__ = ["BufferStats", "TrackingBuffer"]
 

@@ -28,12 +28,11 @@ from ._transport import (
     check_api_key,
     check_base_url,
     check_user_agent,
-    is_loopback,
 )
 from ._validators import check_int_at_least, check_positive
 from ._wire import CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS, dumps, dumps_one
 
-__all__ = ["TrackingClient", "is_loopback"]
+__all__ = ["TrackingClient"]
 
 log = logging.getLogger("voyado_tracking")
 
