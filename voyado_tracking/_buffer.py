@@ -32,7 +32,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import attrs
@@ -41,6 +40,7 @@ from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
 from ._eventfile import event_to_line
+from ._lifecycle import AsyncClosing
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
@@ -101,7 +101,7 @@ def _report_unclosed_at_exit() -> None:
         buffer._report_unclosed("the interpreter is exiting")
 
 
-class TrackingBuffer:
+class TrackingBuffer(AsyncClosing):
     """Fire-and-forget delivery of cart updates and product views.
 
     ``enqueue(event)`` returns at once; a background task collapses cart updates per
@@ -321,14 +321,6 @@ class TrackingBuffer:
     async def __aenter__(self) -> TrackingBuffer:
         self._ensure_running()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", _State.CLOSED) in (_State.NEW, _State.OPEN):

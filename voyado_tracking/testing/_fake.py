@@ -26,7 +26,6 @@ import random
 import ssl
 import time
 from collections import Counter, deque
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -34,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from .._errors import InvalidEventError
+from .._lifecycle import AsyncClosing
 from .._models import Cart, ProductView
 from .._wire import (
     CARTS,
@@ -103,7 +103,7 @@ class RecordedRequest:
     rate_limited: bool = False
 
 
-class FakeVoyado:
+class FakeVoyado(AsyncClosing):
     """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``.
 
     Pass ``ssl_context`` (a server-side context) to serve HTTPS, e.g. to test TLS settings.
@@ -199,12 +199,8 @@ class FakeVoyado:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """The same as :meth:`close`."""
         await self.close()
 
     # -- fault injection ----------------------------------------------------------------------
