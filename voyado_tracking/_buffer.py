@@ -68,6 +68,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
+_NOT_READY: Final = object()  # never a running loop
+
+
 class _State(enum.Enum):
     NEW = "new"  # not bound to an event loop yet
     OPEN = "open"
@@ -137,6 +140,7 @@ class TrackingBuffer(AsyncClosing):
         self._on_drop_cb = on_drop
         self._on_dead_letter_cb = on_dead_letter
         self._clock: Clock = MonotonicClock() if clock is None else clock
+        self._now = self._clock.now
         self._store = PendingStore(settings, self._dropped)
         self._sender = Sender(
             self._store, client.transport.post, settings,
@@ -145,6 +149,7 @@ class TrackingBuffer(AsyncClosing):
         self._losses = LossLog()
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_loop: object = _NOT_READY
         self._fork_generation = _fork_generation
         self._progress = asyncio.Event()
         self._closed: asyncio.Future[None] | None = None
@@ -167,19 +172,18 @@ class TrackingBuffer(AsyncClosing):
         Raises :class:`BufferClosedError` after close, :class:`BufferFullError` when full with
         ``overflow="raise"``, ``TypeError`` for anything that is not an event.
         """
+        # One test for "open, in this loop, sender started, same process": _ready_loop is
+        # the loop only while all of that holds (enqueue is the caller's cost: keep it short).
         if (
-            self._state is not _State.OPEN
-            or asyncio._get_running_loop() is not self._loop
-            or not self._sender.running
+            asyncio._get_running_loop() is not self._ready_loop
             or self._fork_generation != _fork_generation
         ):
             self._ensure_running()  # starts the sender, or raises
         kind = type(event)
-        # Straight to the stream's method: enqueue is the caller's cost, keep it short.
         if kind is ProductView:
-            wake = self._store.add_view(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_view(event, self._now())  # type: ignore[arg-type]
         elif kind is Cart:
-            wake = self._store.add_cart(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_cart(event, self._now())  # type: ignore[arg-type]
         else:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
         if wake:
@@ -286,6 +290,7 @@ class TrackingBuffer(AsyncClosing):
             return
         self._check_fork()
         state, self._state = self._state, _State.CLOSING
+        self._ready_loop = _NOT_READY
         _open_buffers.discard(self)
         self._closed = asyncio.get_running_loop().create_future()
         if state is _State.NEW:  # never used: nothing to drain
@@ -371,6 +376,7 @@ class TrackingBuffer(AsyncClosing):
         if self._state is not _State.OPEN:
             raise BufferClosedError("the buffer is closed")
         self._sender.start()
+        self._ready_loop = loop
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until *condition* holds; False if *timeout* seconds pass first."""
