@@ -86,6 +86,19 @@ async def test_retry_after_is_honoured(fake: FakeVoyado) -> None:
     assert [r.status for r in fake.requests] == [429, 200]
 
 
+async def test_a_503_with_retry_after_delays_the_next_attempt(fake: FakeVoyado) -> None:
+    """Retry-After is honoured on 5xx too, not only on 429."""
+    fake.script(Fault(status=503, retry_after=2))
+    loop = asyncio.get_running_loop()
+    policy = vt.RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=5.0)
+    async with client_for(fake, retry=policy) as client:
+        started = loop.time()
+        await client.register_product_view(a_view())
+        waited = loop.time() - started
+    assert waited >= 2.0
+    assert [r.status for r in fake.requests] == [503, 200]
+
+
 async def test_retry_after_longer_than_max_backoff_is_not_waited_for(fake: FakeVoyado) -> None:
     """A caller prepared to wait 0.5 s gets the RateLimitError at once, not a 60 s hang."""
     fake.script(Fault(status=429, retry_after=60))
