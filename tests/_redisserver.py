@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis
@@ -83,3 +85,15 @@ def missing_reason() -> str | None:
 
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
+    """Poll *condition* (for state in another process or in Redis) until it holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)

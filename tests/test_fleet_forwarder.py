@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio as aioredis
+from _redisserver import until
 
 import voyado_tracking as vt
 from voyado_tracking.redis import dead_stream
@@ -123,8 +124,7 @@ async def test_retrying_entries_stay_owned_by_a_live_forwarder(
     await write(redis_url, [view(n) for n in range(10)])
     fake.hold()
     async with vt.Forwarder(client, redis_url, FAST, claim_idle=0.2) as first:
-        while not first.stats.in_flight:
-            await asyncio.sleep(0.01)
+        await until(lambda: first.stats.in_flight > 0)
         async with vt.Forwarder(client, redis_url, FAST, claim_idle=0.2) as second:
             await asyncio.sleep(1.0)  # five times claim_idle
             fake.release()
@@ -140,8 +140,7 @@ async def test_closed_forwarder_releases_what_it_holds_for_another(
     fake.hold()
     first = vt.Forwarder(client, redis_url, FAST, claim_idle=30.0)
     await first.start()
-    while not first.stats.in_flight:
-        await asyncio.sleep(0.01)
+    await until(lambda: first.stats.in_flight > 0)
     await first.aclose(timeout=0.3)
     fake.release()
     assert first.stats.spooled == 10

@@ -251,10 +251,10 @@ class RedisOutbox:
             ) from None
         if self._state is _State.NEW:
             self._loop, self._state = loop, _State.OPEN
-        elif loop is not self._loop:
-            raise RuntimeError("this RedisOutbox belongs to another event loop")
         if self._state is not _State.OPEN:
             raise BufferClosedError("the outbox is closed")
+        if loop is not self._loop:
+            raise RuntimeError("this RedisOutbox belongs to another event loop")
         if self._task is None:
             self._task = loop.create_task(self._run(), name="voyado_tracking outbox")
             self._task.add_done_callback(self._task_done)
