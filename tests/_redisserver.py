@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on (for a server started later, or a refused call)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -86,14 +85,3 @@ def missing_reason() -> str | None:
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Poll *condition* (for state in another process or in Redis) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result if isinstance(result, bool) else await result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)

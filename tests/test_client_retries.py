@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
 import time
 import warnings
 
 import aiohttp
 import pytest
+from conftest import free_port
 
 import voyado_tracking as vt
 from voyado_tracking._transport import LocalRateLimiter
@@ -30,11 +30,6 @@ def a_view(item: str = "sku-1") -> vt.ProductView:
     return vt.ProductView(item, GUID)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_503_is_retried_until_success(fake: FakeVoyado) -> None:
@@ -177,7 +172,7 @@ async def test_refused_connection_is_a_transport_error_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="voyado_tracking")
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     async with vt.TrackingClient(url, "key", retry=QUICK) as client:
         with pytest.raises(vt.TransportError) as info:
             await client.register_product_view(a_view())

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio as aioredis
-from _redisserver import until
+from conftest import eventually
 
 import voyado_tracking as vt
 from voyado_tracking.redis import dead_stream
@@ -32,12 +32,6 @@ def view(n: int) -> vt.ProductView:
 def cart(reference: str, minutes: int) -> vt.Cart:
     items = (vt.CartItem(f"sku-{minutes}", 1),)
     return vt.Cart(reference, CONTACT, items=items, time=T0 + timedelta(minutes=minutes))
-
-
-@pytest.fixture
-async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
-    async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None) as c:
-        yield c
 
 
 @pytest.fixture
@@ -124,7 +118,7 @@ async def test_retrying_entries_stay_owned_by_a_live_forwarder(
     await write(redis_url, [view(n) for n in range(10)])
     fake.hold()
     async with vt.Forwarder(client, redis_url, FAST, claim_idle=0.2) as first:
-        await until(lambda: first.stats.in_flight > 0)
+        await eventually(lambda: first.stats.in_flight > 0)
         async with vt.Forwarder(client, redis_url, FAST, claim_idle=0.2) as second:
             await asyncio.sleep(1.0)  # five times claim_idle
             fake.release()
@@ -140,7 +134,7 @@ async def test_closed_forwarder_releases_what_it_holds_for_another(
     fake.hold()
     first = vt.Forwarder(client, redis_url, FAST, claim_idle=30.0)
     await first.start()
-    await until(lambda: first.stats.in_flight > 0)
+    await eventually(lambda: first.stats.in_flight > 0)
     await first.aclose(timeout=0.3)
     fake.release()
     assert first.stats.spooled == 10

@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from _fleetproc import expected, worker_events
-from _redisserver import RedisServer, until
-from aiohttp import web
+from _redisserver import RedisServer
+from conftest import eventually
 
 import voyado_tracking as vt
 from voyado_tracking.testing import Chaos, FakeVoyado
@@ -89,7 +87,7 @@ async def test_forwarder_killed_mid_run_loses_nothing(
         async def mid_run() -> bool:
             return len(fake.requests) >= 2 and (await r.xpending(STREAM, STREAM))["pending"] > 0
 
-        await until(mid_run)
+        await eventually(mid_run)
     killed.send_signal(signal.SIGKILL)
     await killed.wait()
     async with vt.Forwarder(clients[0], redis_url, SETTINGS, claim_idle=0.5) as survivor:
@@ -129,39 +127,10 @@ async def test_outbox_rides_out_a_redis_restart_and_catches_up(
     assert_all_delivered(fake, 1, 600)
 
 
-class RateLimitedFake(FakeVoyado):
-    """The fake with Voyado's per-key limit: 429 past *limit* requests in any sliding second.
-
-    Records each request's arrival time, to count requests per one-second window.
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-        self.arrivals: list[float] = []
-        self._window: deque[float] = deque()
-        self.rejected = 0
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        now = time.monotonic()
-        self.arrivals.append(now)
-        while self._window and self._window[0] <= now - 1.0:
-            self._window.popleft()
-        if len(self._window) >= self.limit:
-            self.rejected += 1
-            return web.Response(status=429, headers={"Retry-After": "1"})
-        self._window.append(now)
-        return await super()._handle(request)
-
-    def busiest_second(self) -> int:
-        times = self.arrivals
-        return max((sum(1 for t in times if s <= t < s + 1.0) for s in times), default=0)
-
-
 async def test_forwarders_sharing_the_limiter_never_exceed_the_rate(redis_url: str) -> None:
     rate = 10.0
     settings = vt.FlushSettings(max_batch_size=5, flush_interval=0.01, shutdown_timeout=5.0)
-    async with RateLimitedFake(limit=int(rate) + 2) as fake:
+    async with FakeVoyado(rate_limit=int(rate) + 2) as fake:
         limiters = [vt.RedisRateLimiter(redis_url, rate=rate) for _ in range(2)]
         clients = [vt.TrackingClient(fake.url, fake.api_key, rate_limiter=limiter)
                    for limiter in limiters]
@@ -176,6 +145,6 @@ async def test_forwarders_sharing_the_limiter_never_exceed_the_rate(redis_url: s
         for client, limiter in zip(clients, limiters, strict=True):
             await client.aclose()
             await limiter.aclose()
-    assert fake.rejected == 0
-    assert fake.busiest_second() <= rate + 1
-    assert len(fake.arrivals) >= 30
+    assert not [r for r in fake.requests if r.status == 429]
+    assert fake.max_requests_in_any_window(1.0) <= rate + 1
+    assert len(fake.requests) >= 30

@@ -32,7 +32,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import attrs
@@ -40,12 +39,14 @@ import attrs
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
+from ._eventfile import append_events
+from ._lifecycle import AsyncClosing
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
 from ._settings import FlushSettings
 from ._store import DropReason, PendingStore
-from ._wire import Event, event_to_line
+from ._wire import Event
 
 __all__ = ["BufferStats", "TrackingBuffer"]
 
@@ -65,6 +66,9 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+_NOT_READY: Final = object()  # never a running loop
 
 
 class _State(enum.Enum):
@@ -100,7 +104,7 @@ def _report_unclosed_at_exit() -> None:
         buffer._report_unclosed("the interpreter is exiting")
 
 
-class TrackingBuffer:
+class TrackingBuffer(AsyncClosing):
     """Fire-and-forget delivery of cart updates and product views.
 
     ``enqueue(event)`` returns at once; a background task collapses cart updates per
@@ -136,6 +140,7 @@ class TrackingBuffer:
         self._on_drop_cb = on_drop
         self._on_dead_letter_cb = on_dead_letter
         self._clock: Clock = MonotonicClock() if clock is None else clock
+        self._now = self._clock.now
         self._store = PendingStore(settings, self._dropped)
         self._sender = Sender(
             self._store, client.transport.post, settings,
@@ -144,6 +149,7 @@ class TrackingBuffer:
         self._losses = LossLog()
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_loop: object = _NOT_READY
         self._fork_generation = _fork_generation
         self._progress = asyncio.Event()
         self._closed: asyncio.Future[None] | None = None
@@ -166,19 +172,18 @@ class TrackingBuffer:
         Raises :class:`BufferClosedError` after close, :class:`BufferFullError` when full with
         ``overflow="raise"``, ``TypeError`` for anything that is not an event.
         """
+        # One test for "open, in this loop, sender started, same process": _ready_loop is
+        # the loop only while all of that holds (enqueue is the caller's cost: keep it short).
         if (
-            self._state is not _State.OPEN
-            or asyncio._get_running_loop() is not self._loop
-            or not self._sender.running
+            asyncio._get_running_loop() is not self._ready_loop
             or self._fork_generation != _fork_generation
         ):
             self._ensure_running()  # starts the sender, or raises
         kind = type(event)
-        # Straight to the stream's method: enqueue is the caller's cost, keep it short.
         if kind is ProductView:
-            wake = self._store.add_view(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_view(event, self._now())  # type: ignore[arg-type]
         elif kind is Cart:
-            wake = self._store.add_cart(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_cart(event, self._now())  # type: ignore[arg-type]
         else:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
         if wake:
@@ -285,6 +290,7 @@ class TrackingBuffer:
             return
         self._check_fork()
         state, self._state = self._state, _State.CLOSING
+        self._ready_loop = _NOT_READY
         _open_buffers.discard(self)
         self._closed = asyncio.get_running_loop().create_future()
         if state is _State.NEW:  # never used: nothing to drain
@@ -320,14 +326,6 @@ class TrackingBuffer:
     async def __aenter__(self) -> TrackingBuffer:
         self._ensure_running()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", _State.CLOSED) in (_State.NEW, _State.OPEN):
@@ -378,6 +376,7 @@ class TrackingBuffer:
         if self._state is not _State.OPEN:
             raise BufferClosedError("the buffer is closed")
         self._sender.start()
+        self._ready_loop = loop
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until *condition* holds; False if *timeout* seconds pass first."""
@@ -446,9 +445,7 @@ class TrackingBuffer:
         if self.spool_path is None:
             return False
         try:
-            fd = os.open(self.spool_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with open(fd, "ab") as spool:
-                spool.writelines(event_to_line(e, reason="shutdown") for e in events)
+            append_events(self.spool_path, events, reason="shutdown")
         except OSError as error:
             log.error("could not write %d events to the spool file: %s", len(events), error)
             return False

@@ -28,7 +28,6 @@ import os
 import secrets
 import socket
 from collections.abc import Callable, Coroutine, Sequence
-from types import TracebackType
 from typing import Any, Final
 
 import attrs
@@ -38,6 +37,7 @@ from .._buffer import BufferStats
 from .._client import TrackingClient
 from .._clock import MonotonicClock, wait_until
 from .._errors import ClientClosedError, InvalidEventError, VoyadoError
+from .._lifecycle import AsyncClosing
 from .._losslog import LossLog
 from .._retry import RetryPolicy
 from .._sender import Sender
@@ -78,7 +78,7 @@ class ForwarderStats(BufferStats):
     claimed: int
 
 
-class Forwarder:
+class Forwarder(AsyncClosing):
     """Deliver what a fleet's :class:`RedisOutbox` instances write to the stream.
 
     ``async with vt.Forwarder(client, "redis://...") as forwarder:`` consumes until closed.
@@ -166,14 +166,6 @@ class Forwarder:
     async def __aenter__(self) -> Forwarder:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Return once every entry in the stream at the call is delivered or dead-lettered.

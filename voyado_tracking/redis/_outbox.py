@@ -24,19 +24,20 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import attrs
 
 from .._clock import Clock, MonotonicClock, wait_until
 from .._errors import BufferClosedError, BufferFullError
+from .._eventfile import append_events
+from .._lifecycle import AsyncClosing
 from .._losslog import LossLog
 from .._models import Cart, ProductView
 from .._retry import RetryPolicy
 from .._settings import FlushSettings
 from .._store import KINDS, Batch, DropReason, PendingStore
-from .._wire import Event, event_to_line
+from .._wire import Event
 from ._stream import DEFAULT_STREAM, REDIS_ERRORS, RedisUrl, connect, encode_entry
 
 __all__ = ["OutboxStats", "RedisOutbox"]
@@ -68,7 +69,7 @@ class OutboxStats:
     pending: int
 
 
-class RedisOutbox:
+class RedisOutbox(AsyncClosing):
     """Queue events for the fleet's forwarders: ``outbox.enqueue(event)``, as with a buffer.
 
     ``redis_url`` is a URL (``redis://host:6379/0``) or a ``redis.asyncio.Redis`` you built
@@ -231,14 +232,6 @@ class RedisOutbox:
         self._start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- the writer task ----------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -353,9 +346,7 @@ class RedisOutbox:
             return
         if self.spool_path is not None:
             try:
-                fd = os.open(self.spool_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with open(fd, "ab") as spool:
-                    spool.writelines(event_to_line(e, reason="shutdown") for e in events)
+                append_events(self.spool_path, events, reason="shutdown")
             except OSError as error:
                 log.error("could not write %d events to the spool file: %s", len(events), error)
             else:

@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from .._errors import InvalidEventError
-from .._wire import Event, event_to_line, line_to_event
+from .._eventfile import event_to_line, line_to_event
+from .._wire import Event
 
 __all__ = [
     "DEFAULT_STREAM",
