@@ -36,6 +36,7 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "entry_key",
+    "replay_dead",
     "text",
 ]
 
@@ -126,3 +127,18 @@ def decode_entry(fields: Fields) -> Event:
     if line is None:
         raise InvalidEventError("e", "is missing")
     return line_to_event(line)
+
+
+async def replay_dead(client: aioredis.Redis, stream: str, chunk: int = 500) -> int:
+    """Move every entry of ``<stream>:dead`` back to *stream* (without its error); the count."""
+    dead, moved = dead_stream(stream), 0
+    while entries := await client.xrange(dead, count=chunk):
+        async with client.pipeline(transaction=True) as pipe:
+            for entry_id, fields in entries:
+                if entry_id is None or fields is None:
+                    continue
+                pipe.xadd(stream, {k: v for k, v in fields.items() if _raw(k) != b"error"})
+                pipe.xdel(dead, entry_id)
+            await pipe.execute()
+        moved += len(entries)
+    return moved
