@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
+from _redisserver import RedisServer, free_port, missing_reason, under_ci
 
 import voyado_tracking as vt
 from voyado_tracking.testing import FakeVoyado
@@ -29,20 +30,18 @@ def cart(ref: str, second: int = 0, *skus: str) -> vt.Cart:
                    time=f"2024-05-01T10:00:{second:02d}Z")
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait (polling) until *condition* holds; fail after *timeout* seconds."""
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
+) -> None:
+    """Wait (polling) until *condition* holds (it may be async); fail after *timeout* s."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (for a server started later, or a refused call)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -50,6 +49,33 @@ async def fake() -> AsyncIterator[FakeVoyado]:
     """A started FakeVoyado on 127.0.0.1 with the default test key."""
     async with FakeVoyado() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test session on a free 127.0.0.1 port, without persistence."""
+    reason = missing_reason()
+    if reason is not None:
+        if under_ci():
+            pytest.fail(f"{reason} (CI must run the fleet tests)")
+        pytest.skip(reason)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    client = redis.Redis(port=redis_server.port)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ PUBLIC = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "EventSink",
     "FlushSettings",
     "InvalidEventError",
     "ProductView",

@@ -1,7 +1,11 @@
 """voyado_tracking: send cart updates and product views to Voyado Engage, fast and safely.
 
-``import voyado_tracking as vt``; everything public is listed in ``__all__``.
+``import voyado_tracking as vt``; everything public is listed in ``__all__``. The fleet-mode
+names (``RedisOutbox``, ``Forwarder``, ``RedisRateLimiter``) need the ``redis`` extra: they load
+on first use and are left out of ``__all__`` so that a star import never needs redis.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._buffer import BufferStats, TrackingBuffer
 from ._client import TrackingClient
@@ -18,6 +22,7 @@ from ._errors import (
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
+from ._sink import EventSink
 from ._version import __version__
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "EventSink",
     "FlushSettings",
     "InvalidEventError",
     "ProductView",
@@ -46,3 +52,25 @@ for _name in __all__:
     if isinstance(_obj, type):
         _obj.__module__ = __name__
 del _name, _obj
+
+if TYPE_CHECKING:
+    from .redis import Forwarder as Forwarder
+    from .redis import RedisOutbox as RedisOutbox
+    from .redis import RedisRateLimiter as RedisRateLimiter
+
+_FLEET_NAMES = ("Forwarder", "RedisOutbox", "RedisRateLimiter")
+
+
+def __getattr__(name: str) -> Any:
+    """The fleet-mode names, imported on first use (they need the ``redis`` extra)."""
+    if name in _FLEET_NAMES:
+        from . import redis as fleet  # raises an ImportError naming the extra
+
+        value = getattr(fleet, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FLEET_NAMES})

@@ -39,7 +39,7 @@ import attrs
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
-from ._eventfile import event_to_line
+from ._eventfile import append_events
 from ._lifecycle import AsyncClosing
 from ._losslog import LossLog
 from ._models import Cart, ProductView
@@ -445,9 +445,7 @@ class TrackingBuffer(AsyncClosing):
         if self.spool_path is None:
             return False
         try:
-            fd = os.open(self.spool_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with open(fd, "ab") as spool:
-                spool.writelines(event_to_line(e, reason="shutdown") for e in events)
+            append_events(self.spool_path, events, reason="shutdown")
         except OSError as error:
             log.error("could not write %d events to the spool file: %s", len(events), error)
             return False

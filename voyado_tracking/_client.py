@@ -24,10 +24,12 @@ from ._retry import RetryPolicy
 from ._transport import (
     DEFAULT_USER_AGENT,
     LocalRateLimiter,
+    RateLimiter,
     Transport,
     check_api_key,
     check_base_url,
     check_user_agent,
+    fingerprint,
 )
 from ._validators import check_int_at_least, check_positive
 from ._wire import CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS, dumps, dumps_one
@@ -63,6 +65,7 @@ class TrackingClient(AsyncClosing):
         max_requests_per_second: float | None = 40.0,
         max_batch_size: int = 500,
         verify_tls: bool = True,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self._base_url = check_base_url(base_url)
         self.user_agent = check_user_agent(
@@ -79,16 +82,32 @@ class TrackingClient(AsyncClosing):
         elif not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.retry = retry
+        api_key = check_api_key(api_key)
         self._transport = Transport(
             self._base_url,
-            check_api_key(api_key),
+            api_key,
             self.user_agent,
             session=session,
             timeout=timeout,
-            limiter=LocalRateLimiter(max_requests_per_second),
+            limiter=self._limiter(rate_limiter, max_requests_per_second, api_key),
             verify_tls=bool(verify_tls),
         )
         self.timeout = self._transport.timeout
+
+    def _limiter(
+        self, limiter: RateLimiter | None, rate: float | None, api_key: str
+    ) -> RateLimiter:
+        """The client's own token bucket, or a shared limiter told whose budget it keeps."""
+        if limiter is None:
+            return LocalRateLimiter(rate)
+        if not (hasattr(limiter, "acquire") and hasattr(limiter, "pause")):
+            raise TypeError(
+                f"rate_limiter must have acquire() and pause(), got {type(limiter).__name__}"
+            )
+        bind = getattr(limiter, "bind", None)
+        if callable(bind):
+            bind(fingerprint(str(self._base_url), api_key))
+        return limiter
 
     @property
     def base_url(self) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Clock", "MonotonicClock"]
+__all__ = ["Clock", "MonotonicClock", "wait_until"]
 
 
 class Clock(Protocol):
@@ -51,3 +52,27 @@ class MonotonicClock:
             finally:
                 waiter.cancel()
             return bool(done)
+
+
+async def wait_until(
+    clock: Clock,
+    progress: asyncio.Event,
+    condition: Callable[[], bool],
+    timeout: float | None,
+) -> bool:
+    """Wait until *condition* holds, re-checking whenever *progress* is set.
+
+    False if *timeout* seconds (``None``: no limit) pass first.
+    """
+    deadline = None if timeout is None else clock.now() + timeout
+    while not condition():
+        progress.clear()
+        if deadline is None:
+            await progress.wait()
+            continue
+        remaining = deadline - clock.now()
+        if remaining <= 0:
+            return False
+        if not await clock.wait(progress, remaining) and not condition():
+            return False
+    return True

@@ -9,7 +9,8 @@ mark on the first line and blank lines are skipped; every other problem is an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from typing import IO, Final
 
 import orjson
@@ -17,7 +18,7 @@ import orjson
 from ._errors import InvalidEventError
 from ._wire import TYPE_NAMES, Event, event_from_wire, event_to_wire
 
-__all__ = ["event_to_line", "line_to_event", "parse_line", "read_blocks"]
+__all__ = ["append_events", "event_to_line", "line_to_event", "parse_line", "read_blocks"]
 
 _BOM: Final = b"\xef\xbb\xbf"
 _BLOCK_BYTES: Final = 1 << 20
@@ -27,6 +28,13 @@ def event_to_line(event: Event, **extra: str) -> bytes:
     """One JSON Lines record: ``{"type": ..., "event": {...}, **extra}`` and a newline."""
     record = {"type": TYPE_NAMES[type(event)], "event": event_to_wire(event), **extra}
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def append_events(path: str | os.PathLike[str], events: Iterable[Event], **extra: str) -> None:
+    """Append *events* as records to the file at *path* (created private); OSError on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "ab") as spool:
+        spool.writelines(event_to_line(e, **extra) for e in events)
 
 
 def line_to_event(line: bytes | str) -> Event:

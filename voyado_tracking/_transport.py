@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "check_api_key",
     "check_base_url",
     "check_user_agent",
+    "fingerprint",
     "is_loopback",
 ]
 
@@ -59,7 +61,11 @@ class Send(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Admits requests at a rate and holds them all during a 429 pause."""
+    """Admits requests at a rate and holds them all during a 429 pause.
+
+    A limiter shared between processes may also have ``bind(identity)``: a client calls it
+    with the :func:`fingerprint` of its base URL and API key, to name the shared budget.
+    """
 
     async def acquire(self, max_pause: float | None) -> None:
         """Wait for a request slot; raise RateLimitError at once if paused past *max_pause*."""
@@ -139,6 +145,11 @@ def check_api_key(value: object) -> str:
         # Never echo the value: it may be a real key pasted in the wrong place.
         raise ValueError("api_key must be a non-empty string without control characters")
     return value
+
+
+def fingerprint(base_url: str, api_key: str) -> str:
+    """A short hash naming one tenant and API key, for shared state (never the key itself)."""
+    return hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:24]
 
 
 def check_user_agent(value: object) -> str:

@@ -29,6 +29,7 @@ from typing import TypeAlias
 
 from .._version import __version__
 from ._common import EXIT_FAILED, EXIT_USAGE, PROG, UsageError
+from ._forward import add_forward, run_forward
 from ._progress import configure_logging, progress_mode
 from ._send import run_send
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(commands, progress)
     _add_send(commands, progress)
     _add_fake_server(commands)
+    add_forward(commands)
     return parser
 
 
@@ -204,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._fakeserver import run_fake_server
 
             return asyncio.run(run_fake_server(args))
+        if args.command == "forward":
+            configure_logging("plain", logging.WARNING)
+            return asyncio.run(run_forward(args))
         mode = progress_mode(args.progress, sys.stderr)
         default_level = logging.ERROR if args.command == "demo" else logging.WARNING
         configure_logging(mode, logging.INFO if args.verbose else default_level)

@@ -1,0 +1,105 @@
+"""``voyado-tracking forward``: run a fleet-mode forwarder until SIGTERM or Ctrl-C.
+
+Reads the stream that the fleet's ``RedisOutbox`` instances write, in a consumer group, and
+delivers it to Voyado with a shared :class:`RedisRateLimiter` budget. Voyado's base URL and
+API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY``. ``--replay-dead`` moves the
+dead-letter stream back for another try, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+
+from .._client import TrackingClient
+from .._settings import FlushSettings
+from ._common import EXIT_OK, UsageError, on_interrupt
+
+
+def _environment() -> tuple[str, str]:
+    base_url = os.environ.get("VOYADO_BASE_URL", "").strip()
+    api_key = os.environ.get("VOYADO_API_KEY", "").strip()
+    missing = [name for name, value in (("VOYADO_BASE_URL", base_url),
+                                        ("VOYADO_API_KEY", api_key)) if not value]
+    if missing:
+        raise UsageError(f"set {' and '.join(missing)} in the environment")
+    return base_url, api_key
+
+
+async def run_forward(args: argparse.Namespace) -> int:
+    try:
+        from ..redis import Forwarder, RedisRateLimiter
+        from ..redis._stream import connect, replay_dead
+    except ImportError as error:  # it names the extra to install
+        raise UsageError(str(error)) from None
+
+    if args.replay_dead:
+        redis, _ = connect(args.redis)
+        try:
+            moved = await replay_dead(redis, args.stream)
+        finally:
+            await redis.aclose()
+        print(f"moved {moved} dead entries back to {args.stream}", file=sys.stderr)
+        return EXIT_OK
+    base_url, api_key = _environment()
+    limiter = RedisRateLimiter(args.redis, rate=args.rate)
+    try:
+        client = TrackingClient(base_url, api_key, rate_limiter=limiter)
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None  # never contains the key
+    settings = FlushSettings(flush_interval=args.flush_interval)
+    stop = asyncio.Event()
+    async with client, Forwarder(
+        client, args.redis, settings, stream=args.stream, group=args.group,
+        consumer=args.consumer, claim_idle=args.claim_idle,
+    ) as forwarder:
+        print(f"forwarding {args.stream} (group {args.group}, consumer {forwarder.consumer})",
+              file=sys.stderr, flush=True)
+        with on_interrupt(stop.set):
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.stats_interval)
+                _print_stats(forwarder.stats)
+        print("stopping: delivering or releasing what this forwarder holds", file=sys.stderr)
+    await limiter.aclose()
+    _print_stats(forwarder.stats)
+    return EXIT_OK
+
+
+def _print_stats(stats: object) -> None:
+    fields = ("sent", "requests", "retries", "dead_lettered", "claimed", "pending_carts",
+              "pending_product_views", "in_flight", "spooled")
+    print("stats " + " ".join(f"{name}={getattr(stats, name)}" for name in fields),
+          file=sys.stderr, flush=True)
+
+
+def add_forward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    forward = commands.add_parser(
+        "forward",
+        help="fleet mode: deliver a Redis stream written by RedisOutbox to Voyado",
+        description="Run a Forwarder: read the stream in a consumer group, deliver full "
+        "batches to Voyado under a rate budget shared through Redis, ack what was delivered. "
+        "Voyado settings come from VOYADO_BASE_URL and VOYADO_API_KEY. Runs until SIGTERM "
+        "or Ctrl-C, then delivers or releases what it holds.",
+    )
+    forward.add_argument("--redis", required=True, metavar="URL",
+                         help="Redis URL, e.g. redis://localhost:6379/0")
+    forward.add_argument("--stream", default="voyado-tracking",
+                         help="stream name (default voyado-tracking)")
+    forward.add_argument("--group", default="voyado-tracking",
+                         help="consumer group (default voyado-tracking)")
+    forward.add_argument("--consumer", default=None,
+                         help="consumer name (default: host, pid and a random suffix)")
+    forward.add_argument("--rate", type=float, default=40.0,
+                         help="requests/s for the whole fleet, shared through Redis (default 40)")
+    forward.add_argument("--claim-idle", type=float, default=60.0,
+                         help="take over entries idle this many seconds (default 60)")
+    forward.add_argument("--flush-interval", type=float, default=1.0,
+                         help="seconds a partial batch may wait (default 1)")
+    forward.add_argument("--stats-interval", type=float, default=10.0,
+                         help="seconds between stats lines on stderr (default 10)")
+    forward.add_argument("--replay-dead", action="store_true",
+                         help="move <stream>:dead back to the stream for another try, and exit")
