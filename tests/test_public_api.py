@@ -29,6 +29,7 @@ PUBLIC = [
     "CartItem",
     "FlushSettings",
     "InvalidEventError",
+    "Journal",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",

@@ -15,6 +15,7 @@ from ._errors import (
     TransportError,
     VoyadoError,
 )
+from ._journal import Journal
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
@@ -30,6 +31,7 @@ __all__ = [
     "CartItem",
     "FlushSettings",
     "InvalidEventError",
+    "Journal",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",

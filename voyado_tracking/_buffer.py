@@ -40,6 +40,7 @@ import attrs
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
+from ._journal import Journal, Journaling
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
@@ -89,6 +90,8 @@ class BufferStats:
     pending_carts: int
     pending_product_views: int
     in_flight: int
+    recovered: int = 0
+    journal_errors: int = 0
 
 
 _open_buffers: weakref.WeakSet[TrackingBuffer] = weakref.WeakSet()
@@ -123,6 +126,7 @@ class TrackingBuffer:
         on_dead_letter: Callable[[Event, VoyadoError], object] | None = None,
         spool_path: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if not isinstance(client, TrackingClient):
             raise TypeError(f"client must be a TrackingClient, got {type(client).__name__}")
@@ -137,9 +141,11 @@ class TrackingBuffer:
         self._on_dead_letter_cb = on_dead_letter
         self._clock: Clock = MonotonicClock() if clock is None else clock
         self._store = PendingStore(settings, self._dropped)
+        self._journal = None if journal is None else self._journaling(journal)
         self._sender = Sender(
             self._store, client.transport.post, settings,
             clock=self._clock, on_final=self._final, on_progress=self._notify,
+            on_sent=None if self._journal is None else self._journal.resolved,
         )
         self._losses = LossLog()
         self._state = _State.NEW
@@ -149,6 +155,17 @@ class TrackingBuffer:
         self._closed: asyncio.Future[None] | None = None
         with contextlib.suppress(RuntimeError):  # else bound on first use inside a loop
             self._bind(asyncio.get_running_loop())
+
+    def _journaling(self, journal: Journal) -> Journaling:
+        if not isinstance(journal, Journal):
+            raise TypeError(f"journal must be a Journal, got {type(journal).__name__}")
+        if self.spool_path is not None:
+            log.info("a TrackingBuffer with a journal keeps undelivered events in the journal "
+                     "at close; spool_path is written only with what the journal could not keep")
+        return Journaling(
+            journal, self._store, self.client.transport.fingerprint("journal"),
+            clock=self._clock, wake=lambda: self._sender.wake(), notify=self._notify,
+        )
 
     def __repr__(self) -> str:
         s = self._store
@@ -173,6 +190,9 @@ class TrackingBuffer:
             or self._fork_generation != _fork_generation
         ):
             self._ensure_running()  # starts the sender, or raises
+        if self._journal is not None:
+            self._enqueue_journaled(event)
+            return
         kind = type(event)
         # Straight to the stream's method: enqueue is the caller's cost, keep it short.
         if kind is ProductView:
@@ -181,6 +201,20 @@ class TrackingBuffer:
             wake = self._store.add_cart(event, self._clock.now())  # type: ignore[arg-type]
         else:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
+        if wake:
+            self._sender.wake()
+
+    def _enqueue_journaled(self, event: Event) -> None:
+        journal = self._journal
+        assert journal is not None
+        if type(event) is not ProductView and type(event) is not Cart:
+            raise TypeError(f"enqueue() takes a Cart or ProductView, got {type(event).__name__}")
+        journal.record(event)  # first: if the store drops the event, its row goes too
+        try:
+            wake = self._store.add(event, self._clock.now())
+        except BufferFullError:
+            journal.resolved([event])
+            raise
         if wake:
             self._sender.wake()
 
@@ -244,9 +278,22 @@ class TrackingBuffer:
             pending_carts=s.pending_carts,
             pending_product_views=s.pending_views,
             in_flight=s.in_flight,
+            recovered=s.recovered,
+            journal_errors=0 if self._journal is None else self._journal.errors,
         )
 
     # -- flush and close --------------------------------------------------------------------
+
+    async def sync(self, timeout: float | None = None) -> None:
+        """With a journal: return once every event enqueued before the call is committed.
+
+        Raises ``TimeoutError`` naming how many are not committed after *timeout* seconds, or
+        at once if the journal stopped writing after an error. Without a journal there is
+        nothing to commit: it returns at once.
+        """
+        self._ensure_running()
+        if self._journal is not None:
+            await self._journal.sync(timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Deliver everything enqueued before the call, ignoring the flush thresholds.
@@ -257,14 +304,16 @@ class TrackingBuffer:
         """
         self._ensure_running()
         view_mark, cart_mark = self._store.marks()
-        sender = self._sender
+        sender, journal = self._sender, self._journal
 
         def done() -> bool:
             if self._state is _State.CLOSED:
                 return True  # everything was delivered, spooled or dropped
-            return self._store.settled(view_mark, cart_mark) and not sender.holds(
-                view_mark, cart_mark
-            )
+            # With a journal, also what recovery loads (flush() waits for the end of it).
+            marks = (view_mark, cart_mark) if journal is None else journal.flush_marks(
+                view_mark, cart_mark)
+            return marks is not None and self._store.settled(*marks) and not sender.holds(
+                *marks)
 
         sender.forcing += 1
         sender.wake()
@@ -308,7 +357,11 @@ class TrackingBuffer:
             finally:
                 # Also when cancelled again in there: nothing may stay unaccounted for.
                 self._dispose(self._store.drain())
-                self._finish_close()
+                try:
+                    if self._journal is not None:
+                        await self._journal.aclose(deadline - self._clock.now())
+                finally:
+                    self._finish_close()
 
     def _finish_close(self) -> None:
         self._state = _State.CLOSED
@@ -378,6 +431,8 @@ class TrackingBuffer:
         if self._state is not _State.OPEN:
             raise BufferClosedError("the buffer is closed")
         self._sender.start()
+        if self._journal is not None:
+            self._journal.start()
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until *condition* holds; False if *timeout* seconds pass first."""
@@ -399,6 +454,8 @@ class TrackingBuffer:
 
     def _notify(self) -> None:
         self._progress.set()
+        if self._journal is not None:
+            self._journal.progress()  # room may have freed for recovered events
 
     def _held(self) -> str:
         s = self._store
@@ -416,9 +473,17 @@ class TrackingBuffer:
                 "client-closed", len(events), "the TrackingClient was closed before the "
                 "TrackingBuffer; could not deliver", "close the buffer before its client",
             )
+            if self._journal is not None:  # what the journal holds stays for the next start
+                rest = self._journal.keep(events)
+                self._store.resolved(len(events) - len(rest), "spooled")
+                events = rest
+                if not events:
+                    return
             if self._spool(events):
                 self._store.resolved(len(events), "spooled")
                 return
+        elif self._journal is not None:
+            self._journal.resolved(events)
         self._store.resolved(len(events), "dead_lettered")
         self._losses.record(f"dead:{type(error).__name__}", len(events), "dead-lettered",
                             str(error))
@@ -430,6 +495,8 @@ class TrackingBuffer:
                     log.exception("on_dead_letter callback failed")
 
     def _dropped(self, event: Event, reason: DropReason) -> None:
+        if self._journal is not None:
+            self._journal.resolved([event])
         if reason == "overflow":
             self._losses.record(
                 "drop:overflow", 1, "buffer full (max_pending="
@@ -456,7 +523,14 @@ class TrackingBuffer:
         return True
 
     def _dispose(self, events: list[Event]) -> None:
-        """Spool (or count as dropped) what is left at shutdown."""
+        """Keep in the journal, spool or count as dropped what is left at shutdown."""
+        if self._journal is not None and events:
+            rest = self._journal.keep(events)
+            if len(rest) < len(events):
+                self._store.count_spooled(len(events) - len(rest))
+                log.warning("%d undelivered events stay in the journal in %s for the next "
+                            "start", len(events) - len(rest), self._journal.journal.directory)
+            events = rest
         if not events:
             return
         if self.client.closed:
