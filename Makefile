@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint check bench clean
 
 $(VENV)/.installed: pyproject.toml
+	@echo "Setting up $(VENV) (first run only, about 30 s)..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,cli]'
 	touch $@

@@ -2,6 +2,11 @@
 
     python benchmarks/run.py            # N=100k, 3 rounds (about 5-8 minutes on 2 cores)
     python benchmarks/run.py --quick    # N=10k, 2 rounds (under a minute)
+    python benchmarks/run.py --baseline DIR   # ours only: DIR's source tree (before) vs this one
+
+With ``--baseline``, every trial of ours runs twice per round, once importing the
+``voyado_tracking`` of DIR (another checkout, e.g. ``git worktree add DIR <rev>``) and once this
+one, interleaved, and the table compares after with before, with each side's spread.
 
 The sink (``sink.py``) runs in its own process for the whole run. Each trial is a fresh
 interpreter (``scenarios.py SCENARIO LIB``), and the trials of one round run one after the
@@ -69,10 +74,15 @@ def start_sink() -> tuple[subprocess.Popen[bytes], str]:
     return sink, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
-def run_trial(scenario: str, lib: str, n: int, sink: str, timeout: float) -> dict[str, Any]:
+def run_trial(
+    scenario: str, lib: str, n: int, sink: str, timeout: float, source: str | None = None
+) -> dict[str, Any]:
     command = [sys.executable, str(SCENARIOS), scenario, lib, "--n", str(n), "--sink", sink]
+    env = None
+    if source is not None:  # import voyado_tracking from another source tree
+        env = {**os.environ, "PYTHONPATH": source}
     try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g} s"}
     for line in reversed(done.stdout.decode(errors="replace").splitlines()):
@@ -198,7 +208,7 @@ def table(results: Results) -> str:
              f"same ticker on an idle loop (noise floor): "
              f"{cell(results.samples('looplag', 'voyado', 'idle_max_ms'))}")
     absolute("cart collapse: requests sent", ("collapse", "voyado", "requests"), None,
-             "cart updates over 1k carts, default settings")
+             "simulated shoppers' cart updates, default settings")
     absolute("cart collapse: cart updates sent", ("collapse", "voyado", "sent"), None,
              "the rest collapsed (only the latest `time` per cart matters)")
 
@@ -207,6 +217,45 @@ def table(results: Results) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# (metric, scenario, lib, key, higher is better)
+OURS: list[tuple[str, str, str, str, bool]] = [
+    ("caller cost of `enqueue()`, µs", "caller", "voyado-enqueue", "us_per_call", False),
+    ("caller cost of build + `enqueue()`, µs", "caller", "voyado-build-enqueue", "us_per_call",
+     False),
+    ("delivered events/s, built in the loop", "throughput", "voyado", "events_per_s", True),
+    ("delivered events/s, pre-built", "throughput", "voyado-prebuilt", "events_per_s", True),
+    ("memory per buffered view, bytes", "memory", "voyado", "bytes_per_event", False),
+    ("single awaited call, ms", "latency", "voyado", "ms", False),
+    ("event-loop lag while flushing, max ms", "looplag", "voyado", "max_ms", False),
+]
+
+
+def spread(samples: list[float]) -> float:
+    """The rounds' spread: (max - min) / median."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def baseline_table(results: Results) -> str:
+    """After (this tree) against before (the baseline), each with its spread."""
+    lines = [
+        "| measurement | before | after | after/before | spread (larger side) | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for metric, scenario, lib, key, higher in OURS:
+        before = results.samples(scenario, f"before:{lib}", key)
+        after = results.samples(scenario, lib, key)
+        ratio_text, spread_text, verdict = "—", "—", "n/a"
+        if not isinstance(before, str) and not isinstance(after, str):
+            ratio = statistics.median(after) / statistics.median(before)
+            worst = max(spread(before), spread(after))
+            worse_by = (1 / ratio - 1) if higher else (ratio - 1)
+            ratio_text, spread_text = f"{ratio:.3g}x", f"{worst:.0%}"
+            verdict = "worse beyond spread" if worse_by > worst else "within spread or better"
+        lines.append(f"| {metric} | {cell(before)} | {cell(after)} | {ratio_text} | "
+                     f"{spread_text} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -236,20 +285,32 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated scenarios (caller, throughput, "
                         "memory, latency, looplag, collapse)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per trial")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="compare ours with the voyado_tracking source tree in DIR")
     args = parser.parse_args()
     n = args.n or (10_000 if args.quick else 100_000)
     rounds = args.rounds or (2 if args.quick else 3)
     only = set(args.only.split(",")) if args.only else None
-    trials = [t for t in TRIALS if only is None or t[0] in only]
+    trials: list[tuple[str, str, Callable[[int], int], str | None]] = [
+        (scenario, lib, count, None) for scenario, lib, count in TRIALS
+        if only is None or scenario in only
+    ]
+    if args.baseline:
+        source = str(Path(args.baseline).resolve())
+        compared = {(scenario, lib) for _, scenario, lib, _, _ in OURS}
+        ours = [(s, lib, c, None) for s, lib, c, _ in trials if (s, lib) in compared]
+        trials = [t for trial in ours for t in ((*trial[:3], source), trial)]
 
     sink, url = start_sink()
     results = Results()
     started = time.monotonic()
     try:
         for round_ in range(1, rounds + 1):
-            for scenario, lib, count in trials:
+            for scenario, lib, count, source in trials:
                 t0 = time.monotonic()
-                result = run_trial(scenario, lib, count(n), url, args.timeout)
+                result = run_trial(scenario, lib, count(n), url, args.timeout, source)
+                if source is not None:
+                    lib = f"before:{lib}"
                 results.add(scenario, lib, result)
                 print(f"[round {round_}/{rounds}] {scenario:<10} {lib:<22} "
                       f"{time.monotonic() - t0:5.1f} s  {orjson.dumps(result).decode()[:120]}",
@@ -264,7 +325,7 @@ def main() -> None:
     print(f"\n## Results ({time.monotonic() - started:.0f} s)\n")
     print(machine_facts(n, rounds))
     print()
-    print(table(results))
+    print(baseline_table(results) if args.baseline else table(results))
 
 
 if __name__ == "__main__":

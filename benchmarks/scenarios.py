@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import gc
 import os
-import random
 import statistics
 import sys
 import time
@@ -526,25 +525,19 @@ def looplag_voyado(sink: str, n: int) -> dict[str, Any]:
 
 
 async def _collapse(sink: str, n: int) -> dict[str, Any]:
-    from datetime import datetime, timedelta, timezone
-
     import voyado_tracking as vt
+    from voyado_tracking.testing import latest_carts, shop_traffic
 
-    carts = 1000 if n >= 10_000 else max(1, n // 100)
-    pick = random.Random(5).randrange  # the same shoppers in every run
-    base = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
-    contact = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    # The same simulated shoppers in every run: cart updates only, about 8 per cart.
+    updates = shop_traffic(5, events=n, shoppers=1_000, view_share=0.0)
+    carts = len(latest_carts(updates))
     # Default client and flush settings (rate limit 40 requests/s, batches of 500, 5 s).
     async with vt.TrackingClient(sink, API_KEY) as client:
         buffer = vt.TrackingBuffer(client, vt.FlushSettings(max_pending=max(10_000, carts)))
         t0 = time.perf_counter()
         for start in range(0, n, 100):
-            for i in range(start, min(n, start + 100)):
-                buffer.enqueue(vt.Cart(
-                    f"cart-{pick(carts):05d}", contact,
-                    items=[vt.CartItem(f"SKU-{i % 50}", 1 + i % 3)],
-                    time=base + timedelta(milliseconds=i),
-                ))
+            for event in updates[start:start + 100]:
+                buffer.enqueue(event)
             await asyncio.sleep(0)
         await buffer.flush()
         elapsed = time.perf_counter() - t0

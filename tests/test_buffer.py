@@ -10,59 +10,24 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CONTACT, cart, eventually, view
 
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeClock, FakeVoyado, Fault
 
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
                             max_elapsed=30.0)
-
-
-def view(item: str) -> vt.ProductView:
-    return vt.ProductView(item, CONTACT, time="2024-05-01T10:00:00Z")
-
-
-def cart(ref: str, second: int, *skus: str) -> vt.Cart:
-    return vt.Cart(ref, CONTACT, [vt.CartItem(s, 1) for s in skus],
-                   time=f"2024-05-01T10:00:{second:02d}Z")
 
 
 def settings(**overrides: Any) -> vt.FlushSettings:
     values: dict[str, Any] = {"flush_interval": 0.05, "retry": FAST_RETRY, "shutdown_timeout": 5.0}
     values.update(overrides)
     return vt.FlushSettings(**values)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
-    async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None,
-                                 retry=vt.RetryPolicy(initial_backoff=0.01)) as c:
-        yield c
-
-
-@pytest.fixture
-def closed_port_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 # -- delivery and triggers ----------------------------------------------------------------

@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import orjson
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._wire import Event, event_to_line, line_to_event
+from voyado_tracking._eventfile import event_to_line, line_to_event
+from voyado_tracking._wire import Event
 from voyado_tracking.testing import FakeVoyado
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
@@ -97,6 +99,16 @@ async def test_help_lists_the_demo_send_and_fake_server_commands() -> None:
         assert command in result.stdout
 
 
+async def test_importing_the_cli_does_not_import_the_testing_helpers() -> None:
+    code = (
+        "import sys, voyado_tracking.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('voyado_tracking.testing')))"
+    )
+    result = await run_cli(python=("-c", code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 async def test_console_script_runs_the_same_command_line() -> None:
     script = Path(sys.executable).with_name("voyado-tracking")
     if not script.exists():
@@ -154,6 +166,65 @@ async def test_progress_degrades_to_plain_lines_without_rich() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "shop traffic [" in result.stderr
+
+
+def report_lines(out: str) -> list[str]:
+    """The demo's output lines that depend on the seed only, not on timing."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "events enqueued" in line)
+    return [lines[0].split(" against ")[0], *lines[start:start + 2],
+            *(line for line in lines if line.startswith(("CHECK", "RESULT")))]
+
+
+async def run_demo_in_process(*flags: str) -> None:
+    from voyado_tracking.cli import _parser
+    from voyado_tracking.cli._demo import run_demo
+
+    assert await run_demo(_parser().parse_args(["demo", *flags]), "plain") == 0
+
+
+async def test_a_seeded_demo_gives_the_same_events_and_end_state_every_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flags = ("--seed", "11", "--shoppers", "15", "--events", "600", "--duration", "0.3")
+    await run_demo_in_process(*flags)
+    first = capsys.readouterr().out
+    await run_demo_in_process(*flags)
+    second = capsys.readouterr().out
+    assert report_lines(first) == report_lines(second)
+    assert "600 events (seed 11)" in first
+    assert "carts:" in report_lines(first)[2]
+
+
+async def test_the_demo_prints_its_100_percent_progress_line_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await run_demo_in_process("--shoppers", "5", "--events", "100", "--duration", "0.1")
+    assert capsys.readouterr().err.count("100%") == 1
+
+
+async def test_plain_progress_shows_100_percent_only_on_its_final_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """While work goes on after the count is complete (a buffer draining), no tick says
+    100%: only the final line does."""
+    from voyado_tracking.cli._progress import progress
+
+    polls = 0
+    ticked = asyncio.Event()
+
+    def poll() -> tuple[int, int | None, str]:
+        nonlocal polls
+        polls += 1
+        if polls >= 4:
+            ticked.set()
+        return 10, 10, "draining"
+
+    async with progress("plain", "work", poll, 0.001):
+        await ticked.wait()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 4
+    assert [line for line in lines if "100%" in line] == lines[-1:]
 
 
 # -- send ----------------------------------------------------------------------------------
@@ -427,6 +498,43 @@ async def test_fake_server_prints_url_and_key_on_one_line_and_stops_on_sigterm()
             await process.wait()
     assert process.returncode == 0
     assert b"1 product views" in err
+
+
+async def test_fake_server_dump_writes_what_it_received_on_sigterm(tmp_path: Path) -> None:
+    dump = tmp_path / "state.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "fake-server", "--dump", str(dump),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        settings = dict(part.split("=", 1) for part in first.split())
+        async with vt.TrackingClient(settings["VOYADO_BASE_URL"],
+                                     settings["VOYADO_API_KEY"]) as client:
+            await client.register_product_view(view("SKU-1"))
+            await client.register_carts([cart("c-1", "SKU-1", minute=5), cart("c-1", minute=1)])
+        assert not dump.exists()  # written on exit, not before
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    state = orjson.loads(dump.read_bytes())
+    assert state["carts"]["c-1"]["items"] == [{"sku": "SKU-1", "quantity": 1}]  # latest time
+    assert [v["itemId"] for v in state["productViews"]] == ["SKU-1"]
+    assert state["requests"]["total"] == 2
+    assert state["requests"]["byStatus"] == {"200": 2}
+
+
+async def test_fake_server_dump_into_a_missing_directory_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("fake-server", "--dump", str(tmp_path / "no" / "state.json"))
+    assert result.returncode == 2
+    assert "--dump" in result.stderr
 
 
 async def test_fake_server_refuses_a_non_loopback_host_without_public() -> None:

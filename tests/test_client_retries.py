@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
 import time
 import warnings
 
 import aiohttp
 import pytest
+from conftest import free_port
 
 import voyado_tracking as vt
 from voyado_tracking._transport import LocalRateLimiter
@@ -30,11 +30,6 @@ def a_view(item: str = "sku-1") -> vt.ProductView:
     return vt.ProductView(item, GUID)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_503_is_retried_until_success(fake: FakeVoyado) -> None:
@@ -89,6 +84,19 @@ async def test_retry_after_is_honoured(fake: FakeVoyado) -> None:
         waited = loop.time() - started
     assert waited >= 0.18
     assert [r.status for r in fake.requests] == [429, 200]
+
+
+async def test_a_503_with_retry_after_delays_the_next_attempt(fake: FakeVoyado) -> None:
+    """Retry-After is honoured on 5xx too, not only on 429."""
+    fake.script(Fault(status=503, retry_after=2))
+    loop = asyncio.get_running_loop()
+    policy = vt.RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=5.0)
+    async with client_for(fake, retry=policy) as client:
+        started = loop.time()
+        await client.register_product_view(a_view())
+        waited = loop.time() - started
+    assert waited >= 2.0
+    assert [r.status for r in fake.requests] == [503, 200]
 
 
 async def test_retry_after_longer_than_max_backoff_is_not_waited_for(fake: FakeVoyado) -> None:
@@ -177,7 +185,7 @@ async def test_refused_connection_is_a_transport_error_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="voyado_tracking")
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     async with vt.TrackingClient(url, "key", retry=QUICK) as client:
         with pytest.raises(vt.TransportError) as info:
             await client.register_product_view(a_view())

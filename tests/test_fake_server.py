@@ -370,3 +370,103 @@ async def test_reset_releases_a_hold(fake: FakeVoyado, client: vt.TrackingClient
 async def test_fake_url_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         _ = FakeVoyado().url
+
+
+# -- answers like Voyado's, state for people, rate limit ------------------------------------
+
+
+async def test_a_successful_answer_carries_a_json_body(
+    fake: FakeVoyado, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(fake.url + VIEW, data=orjson.dumps(view_json()),
+                         headers=headers(fake)) as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert orjson.loads(await response.read()) == {"success": True}
+
+
+async def test_the_client_accepts_the_json_success_body(
+    fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    await client.register_product_views([vt.ProductView("sku-1", GUID)])
+    assert [r.status for r in fake.requests] == [200]
+
+
+async def test_state_endpoint_shows_latest_carts_views_and_request_counts(
+    fake: FakeVoyado, client: vt.TrackingClient, http: aiohttp.ClientSession
+) -> None:
+    await client.register_carts([cart("c-1", "2026-11-27T10:00:00+01:00", ("A", 1)),
+                                 cart("c-1", "2026-11-27T09:30:00Z", ("B", 2))])
+    await client.register_product_view(vt.ProductView("sku-1", GUID, time="2026-11-27T10:00:00Z"))
+    await post(http, fake, VIEW, view_json(), headers(fake, apikey="wrong"))
+    async with http.get(fake.url + "/_fake/state") as response:
+        assert response.status == 200
+        state = orjson.loads(await response.read())
+    assert state == fake.state()
+    assert state["carts"] == {"c-1": {
+        "cartReference": "c-1", "contactId": GUID, "time": "2026-11-27T09:30:00+00:00",
+        "items": [{"sku": "B", "quantity": 2}],
+    }}
+    assert state["productViews"] == [
+        {"itemId": "sku-1", "contactId": GUID, "time": "2026-11-27T10:00:00+00:00"}
+    ]
+    assert state["requests"] == {
+        "total": 3,
+        "byPath": {CARTS_BATCH: 1, VIEW: 2},
+        "byStatus": {"200": 2, "401": 1},
+    }
+
+
+async def test_reading_the_state_is_not_recorded_as_a_request(
+    fake: FakeVoyado, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(fake.url + "/_fake/state") as response:
+        assert response.status == 200
+    assert fake.requests == []
+
+
+async def test_requests_beyond_the_rate_limit_in_one_second_get_429_with_retry_after() -> None:
+    async with FakeVoyado(rate_limit=5) as fake, aiohttp.ClientSession() as http:
+
+        async def one() -> tuple[int, str | None]:
+            async with http.post(fake.url + VIEW, data=orjson.dumps(view_json()),
+                                 headers=headers(fake)) as response:
+                return response.status, response.headers.get("Retry-After")
+
+        answers = await asyncio.gather(*(one() for _ in range(8)))
+    assert sorted(status for status, _ in answers) == [200] * 5 + [429] * 3
+    assert all(int(after) >= 1 for status, after in answers if status == 429 and after)
+    assert [after is not None for status, after in answers if status == 429] == [True] * 3
+    assert sum(r.rate_limited for r in fake.requests) == 3
+    assert len(fake.product_views) == 5
+
+
+async def test_without_a_rate_limit_no_request_is_refused(
+    fake: FakeVoyado, http: aiohttp.ClientSession
+) -> None:
+    answers = await asyncio.gather(*(post(http, fake, VIEW, view_json()) for _ in range(30)))
+    assert {status for status, _ in answers} == {200}
+
+
+def recorded(at: float, *, rate_limited: bool = False) -> Any:
+    from voyado_tracking.testing import RecordedRequest
+
+    return RecordedRequest(path=VIEW, status=429 if rate_limited else 200, events=1,
+                           key_ok=True, user_agent="Test/1.0", content_type="application/json",
+                           body=b"", at=at, rate_limited=rate_limited)
+
+
+def test_max_requests_in_any_window_slides_over_accepted_arrivals() -> None:
+    fake = FakeVoyado()
+    fake.requests = [recorded(t) for t in (0.0, 0.2, 0.9, 1.0, 1.05, 1.1, 2.5)]
+    fake.requests.append(recorded(1.0, rate_limited=True))  # refused: not in any window
+    assert fake.max_requests_in_any_window() == 5  # 0.2 to 1.1
+    assert fake.max_requests_in_any_window(seconds=0.5) == 4  # 0.9 to 1.1
+    assert fake.max_requests_in_any_window(seconds=0.12) == 3  # 1.0, 1.05, 1.1
+
+
+def test_a_window_holds_requests_less_than_its_length_apart() -> None:
+    fake = FakeVoyado()
+    fake.requests = [recorded(t) for t in (0.0, 1.0, 2.0)]
+    assert fake.max_requests_in_any_window() == 1
+    assert FakeVoyado().max_requests_in_any_window() == 0

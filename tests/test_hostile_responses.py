@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -102,3 +104,38 @@ async def test_fake_survives_random_bytes(fake: FakeVoyado, client: vt.TrackingC
                 assert response.status == 400
     await client.register_product_view(VIEW)
     assert fake.product_views == [VIEW]
+
+
+async def test_a_huge_success_body_is_not_read_into_memory() -> None:
+    """A 2xx answer of 50 MB must not grow memory by 50 MB: the client reads a bounded start."""
+    chunk = b"x" * 65_536
+    size = 800 * len(chunk)  # 50 MiB
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size)
+        try:
+            for _ in range(800):
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client stopped reading and closed: as intended
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with vt.TrackingClient(f"http://127.0.0.1:{port}", "k", retry=ONE_ATTEMPT,
+                                     max_requests_per_second=None) as client:
+            tracemalloc.start()
+            try:
+                await client.register_product_view(VIEW)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert peak < 8 * 1024 * 1024

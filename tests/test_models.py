@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -116,6 +117,14 @@ def test_default_time_is_now_in_utc() -> None:
 
 
 # -- identifiers and text --------------------------------------------------------------------
+
+
+def test_contact_id_accepts_a_uuid_and_stores_its_canonical_string() -> None:
+    contact = uuid.UUID(GUID.upper())
+    at = "2024-05-01T10:00:00Z"
+    assert cart(contact_id=contact, time=at) == cart(contact_id=str(contact), time=at)
+    assert view(contact_id=contact).contact_id == GUID.lower()
+    assert to_wire(cart(contact_id=contact))["contactId"] == GUID.lower()
 
 
 @pytest.mark.parametrize("contact_id", [GUID, GUID.upper(), SHORT_GUID])

@@ -6,23 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import sys
 import time
 from pathlib import Path
 
+from conftest import CONTACT, free_port
+
 import voyado_tracking as vt
-from voyado_tracking._wire import line_to_event
+from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeVoyado
 
 SECRET = "outage-secret-key-abcdef"
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_outage_spools_everything_and_send_replays_it_after_restart(

@@ -10,16 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import view
 
 import voyado_tracking as vt
 from voyado_tracking.testing import FakeVoyado
 
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def view(item_id: str) -> vt.ProductView:
-    return vt.ProductView(item_id, CONTACT)
 
 
 async def test_voyado_fake_is_a_started_fake_on_loopback(voyado_fake: FakeVoyado) -> None:

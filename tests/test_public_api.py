@@ -60,7 +60,10 @@ def test_star_import_exports_exactly_all() -> None:
 
 
 def test_testing_module_exports() -> None:
-    assert vt_testing.__all__ == ["Chaos", "FakeClock", "FakeVoyado", "Fault", "RecordedRequest"]
+    assert vt_testing.__all__ == [
+        "Chaos", "FakeClock", "FakeVoyado", "Fault", "RecordedRequest", "latest_carts",
+        "shop_traffic",
+    ]
 
 
 @pytest.mark.parametrize("name", [n for n in PUBLIC if n != "__version__"])

@@ -8,22 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import cart, view
 
 import voyado_tracking as vt
 from voyado_tracking._sender import Sender
 from voyado_tracking._store import PendingStore
 from voyado_tracking.testing import FakeClock
 from voyado_tracking.testing._clock import settle
-
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-
-
-def view(item: str) -> vt.ProductView:
-    return vt.ProductView(item, CONTACT, time="2024-05-01T10:00:00Z")
-
-
-def cart(ref: str, second: int = 0) -> vt.Cart:
-    return vt.Cart(ref, CONTACT, time=f"2024-05-01T10:00:{second:02d}Z")
 
 
 class FakeSend:

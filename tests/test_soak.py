@@ -11,66 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking.testing import Chaos, FakeVoyado
+from voyado_tracking.testing import Chaos, FakeVoyado, latest_carts, shop_traffic
 
 pytestmark = pytest.mark.soak
 
 SECRET = "soak-secret-api-key-0123456789"
-CONTACTS = [f"{i:08x}-5717-4562-b3fc-2c963f66afa6" for i in range(50)]
-OFFSETS = [timezone(timedelta(hours=h, minutes=m)) for h, m in ((0, 0), (2, 0), (-5, 0), (5, 30))]
-BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def shop_traffic(
-    rng: random.Random, views: int, cart_updates: int, carts: int
-) -> list[vt.Cart | vt.ProductView]:
-    """Product views (each unique) and cart updates with random, shuffled, mixed-offset times."""
-    events: list[vt.Cart | vt.ProductView] = []
-    for i in range(views):
-        events.append(
-            vt.ProductView(
-                f"sku-{rng.randrange(500)}",
-                rng.choice(CONTACTS),
-                time=BASE + timedelta(seconds=i),
-                session_id=f"view-{i}",  # makes every view distinct, to find losses
-                category="soak",
-            )
-        )
-    for i in range(cart_updates):
-        moment = BASE + timedelta(microseconds=rng.randrange(10**11))  # no ties in practice
-        events.append(
-            vt.Cart(
-                f"cart-{rng.randrange(carts)}",
-                rng.choice(CONTACTS),
-                [vt.CartItem(f"sku-{i}", rng.randrange(1, 4))] if rng.random() < 0.8 else [],
-                time=moment.astimezone(rng.choice(OFFSETS)),
-            )
-        )
-    rng.shuffle(events)  # out of order: a cart's updates arrive in random time order
-    return events
-
-
-def latest_by_instant(events: list[vt.Cart | vt.ProductView]) -> dict[str, vt.Cart]:
-    latest: dict[str, vt.Cart] = {}
-    for event in events:
-        if isinstance(event, vt.Cart):
-            current = latest.get(event.cart_reference)
-            if current is None or event.time >= current.time:
-                latest[event.cart_reference] = event
-    return latest
 
 
 @pytest.mark.parametrize("seed", [20261127, 7])
 async def test_fault_soak_loses_nothing_and_ends_with_latest_carts(
     seed: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rng = random.Random(seed)
-    events = shop_traffic(rng, views=24_000, cart_updates=16_000, carts=1_000)
+    events = shop_traffic(seed, events=40_000, shoppers=1_000)
+    # Out of order: a cart's updates arrive in random time order, from mixed UTC offsets.
+    random.Random(seed).shuffle(events)
     settings = vt.FlushSettings(
         max_batch_size=250,
         flush_interval=0.05,
@@ -124,7 +82,7 @@ async def test_fault_soak_loses_nothing_and_ends_with_latest_carts(
 
     assert missing == []
     assert set(received) == set(views)
-    assert fake.carts == latest_by_instant(events)
+    assert fake.carts == latest_carts(events)
     assert (stats.dropped, stats.dead_lettered) == (0, 0)
     assert peak_held <= settings.max_pending
     # The run did meet every kind of fault, and the retries that duplicated views are visible.

@@ -11,14 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import voyado_tracking as vt
-from voyado_tracking._wire import (
-    dumps,
-    event_from_wire,
-    event_to_line,
-    event_to_wire,
-    line_to_event,
-    structure,
-)
+from voyado_tracking._eventfile import event_to_line, line_to_event
+from voyado_tracking._wire import dumps, event_from_wire, event_to_wire, structure
 
 GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
 CEST = timezone(timedelta(hours=2))

@@ -32,7 +32,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import attrs
@@ -40,13 +39,15 @@ import attrs
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
+from ._eventfile import event_to_line
 from ._journal import Journal, Journaling
+from ._lifecycle import AsyncClosing
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
 from ._settings import FlushSettings
 from ._store import DropReason, PendingStore
-from ._wire import Event, event_to_line
+from ._wire import Event
 
 __all__ = ["BufferStats", "TrackingBuffer"]
 
@@ -66,6 +67,9 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+_NOT_READY: Final = object()  # never a running loop
 
 
 class _State(enum.Enum):
@@ -103,7 +107,7 @@ def _report_unclosed_at_exit() -> None:
         buffer._report_unclosed("the interpreter is exiting")
 
 
-class TrackingBuffer:
+class TrackingBuffer(AsyncClosing):
     """Fire-and-forget delivery of cart updates and product views.
 
     ``enqueue(event)`` returns at once; a background task collapses cart updates per
@@ -140,8 +144,12 @@ class TrackingBuffer:
         self._on_drop_cb = on_drop
         self._on_dead_letter_cb = on_dead_letter
         self._clock: Clock = MonotonicClock() if clock is None else clock
+        self._now = self._clock.now
         self._store = PendingStore(settings, self._dropped)
-        self._journal = None if journal is None else self._journaling(journal)
+        self._journal = None if journal is None else Journaling(
+            journal, self._store, client.transport.fingerprint("journal"), clock=self._clock,
+            wake=lambda: self._sender.wake(), notify=self._notify, spooling=spool_path is not None,
+        )
         self._sender = Sender(
             self._store, client.transport.post, settings,
             clock=self._clock, on_final=self._final, on_progress=self._notify,
@@ -150,22 +158,12 @@ class TrackingBuffer:
         self._losses = LossLog()
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_loop: object = _NOT_READY
         self._fork_generation = _fork_generation
         self._progress = asyncio.Event()
         self._closed: asyncio.Future[None] | None = None
         with contextlib.suppress(RuntimeError):  # else bound on first use inside a loop
             self._bind(asyncio.get_running_loop())
-
-    def _journaling(self, journal: Journal) -> Journaling:
-        if not isinstance(journal, Journal):
-            raise TypeError(f"journal must be a Journal, got {type(journal).__name__}")
-        if self.spool_path is not None:
-            log.info("a TrackingBuffer with a journal keeps undelivered events in the journal "
-                     "at close; spool_path is written only with what the journal could not keep")
-        return Journaling(
-            journal, self._store, self.client.transport.fingerprint("journal"),
-            clock=self._clock, wake=lambda: self._sender.wake(), notify=self._notify,
-        )
 
     def __repr__(self) -> str:
         s = self._store
@@ -183,38 +181,23 @@ class TrackingBuffer:
         Raises :class:`BufferClosedError` after close, :class:`BufferFullError` when full with
         ``overflow="raise"``, ``TypeError`` for anything that is not an event.
         """
+        # One test for "open, in this loop, sender started, same process": _ready_loop is
+        # the loop only while all of that holds (enqueue is the caller's cost: keep it short).
         if (
-            self._state is not _State.OPEN
-            or asyncio._get_running_loop() is not self._loop
-            or not self._sender.running
+            asyncio._get_running_loop() is not self._ready_loop
             or self._fork_generation != _fork_generation
         ):
             self._ensure_running()  # starts the sender, or raises
         if self._journal is not None:
-            self._enqueue_journaled(event)
+            self._journal.enqueue(event)
             return
         kind = type(event)
-        # Straight to the stream's method: enqueue is the caller's cost, keep it short.
         if kind is ProductView:
-            wake = self._store.add_view(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_view(event, self._now())  # type: ignore[arg-type]
         elif kind is Cart:
-            wake = self._store.add_cart(event, self._clock.now())  # type: ignore[arg-type]
+            wake = self._store.add_cart(event, self._now())  # type: ignore[arg-type]
         else:
             raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
-        if wake:
-            self._sender.wake()
-
-    def _enqueue_journaled(self, event: Event) -> None:
-        journal = self._journal
-        assert journal is not None
-        if type(event) is not ProductView and type(event) is not Cart:
-            raise TypeError(f"enqueue() takes a Cart or ProductView, got {type(event).__name__}")
-        journal.record(event)  # first: if the store drops the event, its row goes too
-        try:
-            wake = self._store.add(event, self._clock.now())
-        except BufferFullError:
-            journal.resolved([event])
-            raise
         if wake:
             self._sender.wake()
 
@@ -334,6 +317,7 @@ class TrackingBuffer:
             return
         self._check_fork()
         state, self._state = self._state, _State.CLOSING
+        self._ready_loop = _NOT_READY
         _open_buffers.discard(self)
         self._closed = asyncio.get_running_loop().create_future()
         if state is _State.NEW:  # never used: nothing to drain
@@ -373,14 +357,6 @@ class TrackingBuffer:
     async def __aenter__(self) -> TrackingBuffer:
         self._ensure_running()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", _State.CLOSED) in (_State.NEW, _State.OPEN):
@@ -431,6 +407,7 @@ class TrackingBuffer:
         if self._state is not _State.OPEN:
             raise BufferClosedError("the buffer is closed")
         self._sender.start()
+        self._ready_loop = loop
         if self._journal is not None:
             self._journal.start()
 
@@ -474,11 +451,7 @@ class TrackingBuffer:
                 "TrackingBuffer; could not deliver", "close the buffer before its client",
             )
             if self._journal is not None:  # what the journal holds stays for the next start
-                rest = self._journal.keep(events)
-                self._store.resolved(len(events) - len(rest), "spooled")
-                events = rest
-                if not events:
-                    return
+                events = self._journal.keep(events, in_flight=True)
             if self._spool(events):
                 self._store.resolved(len(events), "spooled")
                 return
@@ -510,6 +483,8 @@ class TrackingBuffer:
 
     def _spool(self, events: list[Event]) -> bool:
         """Append *events* to the spool file; False when there is none or it failed."""
+        if not events:
+            return True
         if self.spool_path is None:
             return False
         try:
@@ -524,13 +499,8 @@ class TrackingBuffer:
 
     def _dispose(self, events: list[Event]) -> None:
         """Keep in the journal, spool or count as dropped what is left at shutdown."""
-        if self._journal is not None and events:
-            rest = self._journal.keep(events)
-            if len(rest) < len(events):
-                self._store.count_spooled(len(events) - len(rest))
-                log.warning("%d undelivered events stay in the journal in %s for the next "
-                            "start", len(events) - len(rest), self._journal.journal.directory)
-            events = rest
+        if self._journal is not None:
+            events = self._journal.keep(events)  # what stays in it counts as spooled
         if not events:
             return
         if self.client.closed:

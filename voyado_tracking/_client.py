@@ -13,12 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import TypeVar
 
 import aiohttp
 
 from ._errors import VoyadoError
+from ._lifecycle import AsyncClosing
 from ._models import Cart, ProductView
 from ._retry import RetryPolicy
 from ._transport import (
@@ -28,12 +28,11 @@ from ._transport import (
     check_api_key,
     check_base_url,
     check_user_agent,
-    is_loopback,
 )
 from ._validators import check_int_at_least, check_positive
 from ._wire import CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS, dumps, dumps_one
 
-__all__ = ["TrackingClient", "is_loopback"]
+__all__ = ["TrackingClient"]
 
 log = logging.getLogger("voyado_tracking")
 
@@ -45,7 +44,7 @@ def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
         yield items[start : start + size]
 
 
-class TrackingClient:
+class TrackingClient(AsyncClosing):
     """An async client for Voyado Engage's cart and product-view tracking endpoints.
 
     Create one per process (it pools connections) and close it with ``await aclose()`` or
@@ -105,16 +104,6 @@ class TrackingClient:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> TrackingClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool (a borrowed session is left open). Idempotent."""

@@ -31,9 +31,10 @@ from typing import Any, Final, Literal
 import attrs
 
 from ._clock import Clock
+from ._errors import BufferFullError
 from ._journal_db import instant_of
 from ._journal_writer import Loaded, Source, Writer, post_to
-from ._models import ProductView
+from ._models import Cart, ProductView
 from ._store import PendingStore
 from ._validators import attrs_int_at_least, attrs_positive
 from ._wire import Event
@@ -89,7 +90,13 @@ class Journaling:
         clock: Clock,
         wake: Callable[[], None],
         notify: Callable[[], None],
+        spooling: bool = False,
     ) -> None:
+        if not isinstance(journal, Journal):
+            raise TypeError(f"journal must be a Journal, got {type(journal).__name__}")
+        if spooling:
+            log.info("a TrackingBuffer with a journal keeps undelivered events in the journal "
+                     "at close; spool_path gets only what the journal could not keep")
         self.journal = journal
         self._store = store
         self._owner = owner
@@ -158,6 +165,19 @@ class Journaling:
 
     # -- intake and outcomes ------------------------------------------------------------------
 
+    def enqueue(self, event: Event) -> None:
+        """``TrackingBuffer.enqueue`` with a journal: record *event*, then store it."""
+        if type(event) is not ProductView and type(event) is not Cart:
+            raise TypeError(f"enqueue() takes a Cart or ProductView, got {type(event).__name__}")
+        self.record(event)  # first: if the store drops the event, its row goes too
+        try:
+            wake = self._store.add(event, self._clock.now())
+        except BufferFullError:
+            self.resolved([event])
+            raise
+        if wake:
+            self._wake()
+
     def record(self, event: Event) -> None:
         """Queue *event* for the next commit (before the store takes it)."""
         writer = self._writer
@@ -200,8 +220,11 @@ class Journaling:
             if not rows:
                 del self._repeats[key]
 
-    def keep(self, events: list[Event]) -> list[Event]:
-        """At close: forget the *events* that stay in the journal; return the others."""
+    def keep(self, events: list[Event], *, in_flight: bool = False) -> list[Event]:
+        """At close: the *events* that stay in the journal count as spooled; return the rest.
+
+        *in_flight*: they were taken from the store for a send (else drained from it).
+        """
         writer = self._writer
         healthy = writer is not None and writer.writing
         committed = 0 if writer is None else writer.committed
@@ -219,6 +242,13 @@ class Journaling:
                 kept = healthy
             if not kept:
                 rest.append(event)
+        kept_count = len(events) - len(rest)
+        if in_flight:
+            self._store.resolved(kept_count, "spooled")
+        elif kept_count:
+            self._store.count_spooled(kept_count)
+            log.warning("%d undelivered events stay in the journal in %s for the next start",
+                        kept_count, self.journal.directory)
         return rest
 
     # -- sync -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import attrs
 
@@ -67,6 +68,15 @@ def _text(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
 def _optional_text(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _check_text(attribute.name, value)
+
+
+def _contact_str(value: str | UUID) -> str:
+    """A ``uuid.UUID`` as its canonical lower-case string; anything else as it is."""
+    if type(value) is str:
+        return value
+    if isinstance(value, UUID):
+        return str(value)
+    return value  # not a contact id at all: the validator names the problem
 
 
 def _contact_id(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -217,7 +227,7 @@ class Cart:
     """
 
     cart_reference: str = attrs.field(validator=_text)
-    contact_id: str = attrs.field(validator=_contact_id)
+    contact_id: str = attrs.field(converter=_contact_str, validator=_contact_id)
     items: tuple[CartItem, ...] = attrs.field(
         default=(), converter=_items
     )
@@ -243,7 +253,7 @@ class ProductView:
     """A contact looked at a product (the input of abandoned-browse flows)."""
 
     item_id: str = attrs.field(validator=_text)
-    contact_id: str = attrs.field(validator=_contact_id)
+    contact_id: str = attrs.field(converter=_contact_str, validator=_contact_id)
     time: datetime = attrs.field(factory=_utc_now, converter=parse_time)
     category: str | None = attrs.field(default=None, validator=_optional_text)
     session_id: str | None = attrs.field(default=None, validator=_optional_text)

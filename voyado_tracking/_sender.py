@@ -88,7 +88,6 @@ class Sender:
         # A stream whose last attempt failed waits this long before it sends anything more.
         self._hold_until: dict[Kind, float] = dict.fromkeys(KINDS, 0.0)
         self._stopping = False
-        self.running = False  # the flusher task exists (a plain attribute: enqueue reads it)
         self._retry_log = LossLog()
         self.forcing = 0  # > 0 while flush() or close wants everything sent now
         self.requests = 0
@@ -105,7 +104,6 @@ class Sender:
             )
             task.add_done_callback(self._flusher_done)
             self._flusher = task
-            self.running = True
 
     def wake(self) -> None:
         self._wake.set()
@@ -147,7 +145,6 @@ class Sender:
 
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
         self._flusher = None
-        self.running = False
         if task.cancelled():
             return
         error = task.exception()

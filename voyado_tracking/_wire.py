@@ -39,8 +39,6 @@ __all__ = [
     "split_bodies",
     "event_from_wire",
     "event_to_wire",
-    "line_to_event",
-    "event_to_line",
     "loads",
     "structure",
 ]
@@ -187,28 +185,6 @@ def event_from_wire(kind: str, data: object) -> Event:
     if cls is None:
         raise InvalidEventError("type", f"must be 'cart' or 'product_view', got {shorten(kind)}")
     return structure(cls, data)
-
-
-# -- JSON Lines event files (the CLI's input and the buffer's spool) ------------------------
-
-
-def event_to_line(event: Event, **extra: str) -> bytes:
-    """One JSON Lines record: ``{"type": ..., "event": {...}, **extra}`` and a newline."""
-    record = {"type": TYPE_NAMES[type(event)], "event": event_to_wire(event), **extra}
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-
-
-def line_to_event(line: bytes | str) -> Event:
-    """The event of one JSON Lines record; other keys are ignored."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        raise InvalidEventError("line", f"is not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        raise InvalidEventError("line", "must be a JSON object with 'type' and 'event'")
-    if "event" not in record:
-        raise InvalidEventError("event", "is required")
-    return event_from_wire(record.get("type"), record["event"])  # type: ignore[arg-type]
 
 
 # -- size estimates (the buffer's byte trigger) ----------------------------------------------

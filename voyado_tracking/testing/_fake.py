@@ -7,7 +7,12 @@ the same wire code as the client), keeps cart state by the latest instant of ``t
 - :meth:`FakeVoyado.script` queues exact responses for the next requests (``Fault``);
 - :meth:`FakeVoyado.chaos` draws faults at random, from a seed, for soak tests;
 - ``latency`` delays every answer; :meth:`hold` / :meth:`release` park requests;
-- ``reject_item_ids`` / ``reject_cart_references`` answer 400 to batches holding them.
+- ``reject_item_ids`` / ``reject_cart_references`` answer 400 to batches holding them;
+- ``rate_limit=N`` answers 429 to requests beyond N in any sliding one-second window.
+
+Successful answers carry a small JSON body, ``{"success": true}``, not an empty one. While it
+runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as JSON, for a person or a script
+looking at a standalone fake.
 
 A fault that "drops" closes the connection without an answer; a "slow" one processes the
 request and then answers after a delay, which is how a client timeout duplicates events.
@@ -16,10 +21,11 @@ request and then answers after a delay, which is how a client timeout duplicates
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
+import time
 from collections import Counter, deque
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -27,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from .._errors import InvalidEventError
+from .._lifecycle import AsyncClosing
 from .._models import Cart, ProductView
 from .._wire import (
     CARTS,
@@ -34,12 +41,14 @@ from .._wire import (
     PRODUCT_VIEW,
     PRODUCT_VIEWS,
     USER_AGENT_PATTERN,
+    event_to_wire,
     structure,
 )
 
 __all__ = ["Chaos", "FakeVoyado", "Fault", "RecordedRequest"]
 
-
+STATE_PATH = "/_fake/state"
+_SUCCESS = orjson.dumps({"success": True})
 
 @attrs.frozen(kw_only=True)
 class Fault:
@@ -76,7 +85,12 @@ class Chaos:
 
 @attrs.frozen
 class RecordedRequest:
-    """What the fake saw of one request. The API key itself is never stored."""
+    """What the fake saw of one request. The API key itself is never stored.
+
+    ``status`` 0 means the connection was dropped without an answer. ``at`` is the request's
+    arrival on the :func:`time.monotonic` clock; ``rate_limited`` marks a 429 of the fake's
+    ``rate_limit`` (not of a scripted or random fault).
+    """
 
     path: str
     status: int
@@ -85,12 +99,23 @@ class RecordedRequest:
     user_agent: str | None
     content_type: str | None
     body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+    at: float = 0.0
+    rate_limited: bool = False
 
 
-class FakeVoyado:
+class FakeVoyado(AsyncClosing):
     """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``.
 
     Pass ``ssl_context`` (a server-side context) to serve HTTPS, e.g. to test TLS settings.
+
+    ``rate_limit=N`` emulates Voyado's per-key limit: a request that finds N requests
+    accepted in the last second is answered 429 with ``Retry-After`` (whole seconds until
+    the window frees, at least 1) before anything else is looked at. Only accepted requests
+    fill the window: Voyado counts every request, but counting refused ones too would lock
+    a client that retries promptly out for good, and this way the rule a test checks is
+    simple: no sliding one-second window holds more than N accepted requests (see
+    :meth:`max_requests_in_any_window`). Refused requests are recorded
+    (``rate_limited=True``), so tests can count them. ``None`` (the default) has no limit.
     """
 
     def __init__(
@@ -100,8 +125,13 @@ class FakeVoyado:
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        rate_limit: int | None = None,
     ) -> None:
+        if rate_limit is not None and rate_limit < 1:
+            raise ValueError(f"rate_limit must be >= 1 or None, got {rate_limit}")
         self._api_key = api_key
+        self.rate_limit = rate_limit
+        self._accepted: deque[float] = deque()  # arrivals within the last second
         self._ssl_context = ssl_context
         self.host = host
         self.port = port
@@ -148,6 +178,7 @@ class FakeVoyado:
         app.router.add_post(CARTS_BATCH, self._handle)
         app.router.add_post(PRODUCT_VIEW, self._handle)
         app.router.add_post(PRODUCT_VIEWS, self._handle)
+        app.router.add_get(STATE_PATH, self._handle_state)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -168,12 +199,8 @@ class FakeVoyado:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """The same as :meth:`close`."""
         await self.close()
 
     # -- fault injection ----------------------------------------------------------------------
@@ -211,12 +238,44 @@ class FakeVoyado:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
 
+    def state(self) -> dict[str, Any]:
+        """What the fake holds, as JSON-ready data (also served at ``GET /_fake/state``).
+
+        ``carts``: the latest cart per ``cartReference``, in wire form; ``productViews``: every
+        product view received, in wire form and order; ``requests``: the number of requests,
+        ``total`` and by ``path`` and ``status`` (``"0"``: connection dropped).
+        """
+        state = {
+            "carts": {ref: event_to_wire(cart) for ref, cart in self.carts.items()},
+            "productViews": [event_to_wire(view) for view in self.product_views],
+            "requests": {
+                "total": len(self.requests),
+                "byPath": dict(Counter(r.path for r in self.requests)),
+                "byStatus": {str(k): n for k, n in Counter(r.status for r in self.requests)
+                             .items()},
+            },
+        }
+        result: dict[str, Any] = orjson.loads(orjson.dumps(state))  # times as ISO 8601 text
+        return result
+
+    def max_requests_in_any_window(self, seconds: float = 1.0) -> int:
+        """The most requests accepted (not refused by ``rate_limit``) within any sliding
+        window of *seconds*, by their arrival times."""
+        times = sorted(r.at for r in self.requests if not r.rate_limited)
+        most = first = 0
+        for last, moment in enumerate(times):
+            while moment - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def reset(self) -> None:
         """Forget all state, faults and recorded requests."""
         self.carts.clear()
         self.cart_updates.clear()
         self.product_views.clear()
         self.requests.clear()
+        self._accepted.clear()
         self._script.clear()
         self._chaos = None
         self.reject_item_ids.clear()
@@ -244,9 +303,31 @@ class FakeVoyado:
             return Fault(status=200, delay=chaos.slow_delay, process=True)
         return None
 
+    async def _handle_state(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=orjson.dumps(self.state()), content_type="application/json")
+
+    def _retry_after(self, at: float) -> int | None:
+        """None if a request arriving *at* fits the rate limit (and count it), else the
+        seconds until the window frees."""
+        if self.rate_limit is None:
+            return None
+        window = self._accepted
+        while window and at - window[0] >= 1.0:
+            window.popleft()
+        if len(window) < self.rate_limit:
+            window.append(at)
+            return None
+        return max(1, math.ceil(1.0 - (at - window[0])))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        at = time.monotonic()
         path = request.path
         body = await request.read()
+        if (retry_after := self._retry_after(at)) is not None:
+            self._record(request, path, body, 429, 0, at, rate_limited=True)
+            return web.Response(status=429, body=_error("rate limit exceeded"),
+                                headers={"Retry-After": str(retry_after)},
+                                content_type="application/json")
         if self._open is not None and not self._open.is_set():
             await self._open.wait()
         fault = self._draw_fault()
@@ -255,10 +336,10 @@ class FakeVoyado:
 
         status, payload, events = self._check(request, path, body)
         if fault is not None and not fault.process:
-            return await self._answer_fault(request, path, body, fault, events)
+            return await self._answer_fault(request, path, body, fault, events, at)
         if status == 200:
             self._apply(events)
-        self._record(request, path, body, status, len(events) if status == 200 else 0)
+        self._record(request, path, body, status, len(events) if status == 200 else 0, at)
         if fault is not None:  # processed, then answered late (or with an error)
             self._faults_injected["slow" if fault.status == 200 else f"{fault.status}"] += 1
             if fault.delay:
@@ -268,13 +349,19 @@ class FakeVoyado:
         return web.Response(status=status, body=payload, content_type="application/json")
 
     async def _answer_fault(
-        self, request: web.Request, path: str, body: bytes, fault: Fault, events: list[Any]
+        self,
+        request: web.Request,
+        path: str,
+        body: bytes,
+        fault: Fault,
+        events: list[Any],
+        at: float,
     ) -> web.StreamResponse:
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.drop:
             self._faults_injected["drop"] += 1
-            self._record(request, path, body, 0, 0)
+            self._record(request, path, body, 0, 0, at)
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp treats this as a vanished connection
@@ -282,7 +369,7 @@ class FakeVoyado:
         # A success answer tells the client its events were stored: make that true.
         stored = events if 200 <= fault.status < 300 else []
         self._apply(stored)
-        self._record(request, path, body, fault.status, len(stored))
+        self._record(request, path, body, fault.status, len(stored), at)
         return self._fault_response(fault)
 
     @staticmethod
@@ -290,7 +377,9 @@ class FakeVoyado:
         headers = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = str(fault.retry_after)
-        body = fault.body if fault.body is not None else orjson.dumps({"error": "injected fault"})
+        body = fault.body
+        if body is None:
+            body = _SUCCESS if 200 <= fault.status < 300 else _error("injected fault")
         return web.Response(
             status=fault.status,
             body=body.encode() if isinstance(body, str) else body,
@@ -299,7 +388,15 @@ class FakeVoyado:
         )
 
     def _record(
-        self, request: web.Request, path: str, body: bytes, status: int, events: int
+        self,
+        request: web.Request,
+        path: str,
+        body: bytes,
+        status: int,
+        events: int,
+        at: float,
+        *,
+        rate_limited: bool = False,
     ) -> None:
         self.requests.append(
             RecordedRequest(
@@ -310,6 +407,8 @@ class FakeVoyado:
                 user_agent=request.headers.get("User-Agent"),
                 content_type=request.headers.get("Content-Type"),
                 body=body,
+                at=at,
+                rate_limited=rate_limited,
             )
         )
 
@@ -341,7 +440,7 @@ class FakeVoyado:
             if self._rejected(event):
                 return 400, _error("event rejected by the fake's reject list", index=index), []
             events.append(event)
-        return 200, b"", events
+        return 200, _SUCCESS, events
 
     def _rejected(self, event: Cart | ProductView) -> bool:
         if isinstance(event, Cart):

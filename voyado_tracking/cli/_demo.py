@@ -1,0 +1,158 @@
+"""``voyado-tracking demo``: simulated shop traffic through a buffer, against an in-process
+FakeVoyado that injects faults, then a report and the checks of what the fake holds.
+
+The traffic comes from :func:`voyado_tracking.testing.shop_traffic`, so a seed fixes every
+event; the demo only paces it over ``--duration`` seconds of wall clock. What depends on
+timing (how many cart updates collapse in the buffer, requests, retries, faults met) can
+vary between runs of one seed; the events and the end state at the fake cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import attrs
+
+from .. import BufferStats, Cart, FlushSettings, RetryPolicy, TrackingBuffer, TrackingClient
+from .. import __version__ as version
+from .._wire import Event
+from ..testing import Chaos, FakeVoyado, latest_carts, shop_traffic
+from ._common import EXIT_FAILED, EXIT_OK, PROG
+from ._progress import progress, stats_text
+
+__all__ = ["run_demo"]
+
+# The pacing loop gives the event loop a turn (and sleeps if ahead) every this many events.
+_PACE_EVERY = 64
+
+
+@attrs.frozen
+class _Timing:
+    traffic: float  # seconds from the first event to the last one enqueued
+    drain: float  # seconds the buffer took to deliver the rest after that
+
+
+def _flush_settings(args: argparse.Namespace) -> FlushSettings:
+    return FlushSettings(
+        max_batch_size=args.batch_size,
+        flush_interval=args.flush_interval,
+        max_pending=max(50_000, args.batch_size),
+        retry=RetryPolicy(
+            max_attempts=None, initial_backoff=0.05, max_backoff=0.5, max_elapsed=30.0
+        ),
+        shutdown_timeout=30.0,
+    )
+
+
+async def _play(
+    events: Sequence[Event], buffer: TrackingBuffer, args: argparse.Namespace, mode: str
+) -> _Timing:
+    """Enqueue *events* spread over about ``args.duration`` seconds as their times are spread, then
+    close the buffer (which delivers the rest)."""
+    enqueued = 0
+
+    def poll() -> tuple[int, int | None, str]:
+        return enqueued, len(events), f"enqueued {enqueued}  {stats_text(buffer.stats)}"
+
+    first = events[0].time if events else None
+    span = (events[-1].time - events[0].time).total_seconds() if events else 0.0
+    scale = args.duration / span if span > 0 else 0.0
+    started = time.monotonic()
+    async with progress(mode, "shop traffic", poll, 1.0):
+        for enqueued, event in enumerate(events, 1):
+            if enqueued % _PACE_EVERY == 1 and first is not None:
+                due = started + (event.time - first).total_seconds() * scale
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            buffer.enqueue(event)
+        traffic_done = time.monotonic()
+        await buffer.aclose(timeout=_flush_settings(args).shutdown_timeout)
+    return _Timing(traffic_done - started, time.monotonic() - traffic_done)
+
+
+def _check_delivery(
+    fake: FakeVoyado, events: Sequence[Event], stats: BufferStats
+) -> list[tuple[bool, str]]:
+    """The demo's CHECK lines: (holds, description)."""
+    expected_carts = latest_carts(events)
+    wrong = [ref for ref, cart in expected_carts.items() if fake.carts.get(ref) != cart]
+    extra = set(fake.carts) - set(expected_carts)
+    expected_views = Counter(e for e in events if not isinstance(e, Cart))
+    received = fake.product_view_counts()
+    missing = sum((expected_views - received).values())
+    duplicates = sum((received - expected_views).values())
+    total = sum(expected_views.values())
+    return [
+        (not wrong and not extra,
+         f"cart state at Voyado == latest-by-time update of each of {len(expected_carts)} "
+         "carts"
+         + (f" ({len(wrong)} wrong or missing, {len(extra)} unexpected)" if wrong or extra
+            else "")),
+        (missing == 0,
+         f"every product view arrived: {total - missing} of {total}"
+         + (f" ({duplicates} duplicates from retries)" if duplicates else "")),
+        (stats.dropped == 0 and stats.dead_lettered == 0 and stats.spooled == 0,
+         "nothing dropped, dead-lettered or left behind"),
+    ]
+
+
+def _report(
+    events: Sequence[Event], stats: BufferStats, fake: FakeVoyado, timing: _Timing
+) -> str:
+    carts = latest_carts(events)
+    cart_updates = sum(1 for e in events if isinstance(e, Cart))
+    open_carts = sum(1 for c in carts.values() if c.items)
+    faults = ", ".join(f"{kind}: {n}" for kind, n in sorted(fake.faults_injected.items()))
+    traffic_time = max(timing.traffic, 1e-9)
+    pad = " " * 37
+    return "\n".join([
+        "",
+        "Report",
+        f"  events enqueued          {stats.enqueued:>8}  {len(events) - cart_updates} "
+        f"product views, {cart_updates} cart updates",
+        f"{pad}({len(carts)} carts: {open_carts} abandoned with items, "
+        f"{len(carts) - open_carts} checked out or emptied)",
+        f"  cart updates collapsed   {stats.collapsed:>8}  superseded in the buffer "
+        "before sending",
+        f"  events sent              {stats.sent:>8}",
+        f"  requests sent            {stats.requests:>8}  faults injected: {faults or 'none'}",
+        f"  retries                  {stats.retries:>8}",
+        f"  dropped / dead-lettered  {stats.dropped:>4} / {stats.dead_lettered}",
+        f"  events/s                 {stats.enqueued / traffic_time:>8.0f}  enqueued "
+        f"over {traffic_time:.1f} s of traffic",
+        f"{pad}(buffer drained {timing.drain:.2f} s after the traffic ended)",
+        "",
+    ])
+
+
+async def run_demo(args: argparse.Namespace, mode: str) -> int:
+    """The ``demo`` command; returns the exit status."""
+    events = shop_traffic(args.seed, events=args.events, shoppers=args.shoppers)
+    async with FakeVoyado() as fake:
+        if args.chaos:
+            fake.chaos(Chaos(seed=args.seed, error_rate=args.error_rate,
+                             rate_limit_rate=args.rate_limit_rate, retry_after=0.05,
+                             drop_rate=args.drop_rate))
+        client = TrackingClient(
+            fake.url, fake.api_key, user_agent=f"VoyadoTrackingDemo/{version}", timeout=5.0
+        )
+        print(
+            f"{PROG} demo: {args.shoppers} shoppers, {args.events} events (seed {args.seed}) "
+            f"over ~{args.duration:g} s, against FakeVoyado at {fake.url}"
+            + (" with injected faults" if args.chaos else ""),
+            flush=True,
+        )
+        async with client:
+            buffer = TrackingBuffer(client, _flush_settings(args))
+            timing = await _play(events, buffer, args, mode)
+        stats = buffer.stats
+        checks = _check_delivery(fake, events, stats)
+        print(_report(events, stats, fake, timing))
+    for holds, text in checks:
+        print(f"CHECK {'OK  ' if holds else 'FAIL'} {text}")
+    ok = all(holds for holds, _ in checks)
+    print(f"RESULT: {'OK' if ok else 'FAILED'}")
+    return EXIT_OK if ok else EXIT_FAILED
