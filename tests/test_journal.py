@@ -8,27 +8,17 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CONTACT, cart, view
 
 import voyado_tracking as vt
 from voyado_tracking.testing import Chaos, FakeVoyado
 
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
                             max_elapsed=30.0)
-
-
-def view(item: str) -> vt.ProductView:
-    return vt.ProductView(item, CONTACT, time="2024-05-01T10:00:00Z")
-
-
-def cart(ref: str, second: int) -> vt.Cart:
-    return vt.Cart(ref, CONTACT, [vt.CartItem(f"SKU-{second}", 1)],
-                   time=f"2024-05-01T10:00:{second:02d}Z")
 
 
 def settings(**overrides: Any) -> vt.FlushSettings:
@@ -72,13 +62,6 @@ def age_rows(directory: Path, seconds: float) -> None:
         with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE views SET written = written - ?", (seconds,))
             db.execute("UPDATE carts SET written = written - ?", (seconds,))
-
-
-@pytest.fixture
-async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
-    async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None,
-                                 retry=vt.RetryPolicy(initial_backoff=0.01)) as c:
-        yield c
 
 
 async def leave_in_journal(fake: FakeVoyado, client: vt.TrackingClient, directory: Path,
