@@ -114,10 +114,12 @@ async def test_the_journal_of_a_live_process_is_not_adopted(
     failing: FakeVoyado, tmp_path: Path
 ) -> None:
     process = await child(failing, tmp_path, "sync")
-    try:
-        stats = await recover(failing, tmp_path)
-        assert stats.recovered == 0
-        assert failing.product_views == []
+    try:  # Voyado keeps failing: an adopted event would make flush() time out retrying it
+        async with vt.TrackingClient(failing.url, failing.api_key) as client, vt.TrackingBuffer(
+            client, vt.FlushSettings(shutdown_timeout=0.2), journal=vt.Journal(tmp_path)
+        ) as buffer:
+            await buffer.flush(timeout=5.0)
+        assert buffer.stats.recovered == 0
         assert journal_rows(tmp_path) == 340
     finally:
         await kill(process)

@@ -20,6 +20,7 @@ ago are dropped as ``"expired"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -105,7 +106,9 @@ class Journaling:
         self._notify = notify
         self._writer: Writer | None = None
         self._ops: deque[Any] = deque()
-        self._count = 0  # events appended for writing (a view's row number)
+        self._views = 0  # views appended for writing (the last one's row number)
+        self._carts = 0  # cart updates appended for writing
+        self.writing = False  # events are appended for writing (mirrors the writer's flag)
         self._seqs: dict[int, int] = {}  # id(view) -> its row, while the buffer holds it
         self._repeats: dict[int, list[int]] = {}  # rows of a view object enqueued again
         self._recovered: dict[int, tuple[Source, int]] = {}  # id(view) -> (file, row)
@@ -122,10 +125,6 @@ class Journaling:
     def errors(self) -> int:
         return 0 if self._writer is None else self._writer.errors
 
-    @property
-    def writing(self) -> bool:
-        return self._writer is not None and self._writer.writing
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -138,10 +137,13 @@ class Journaling:
         writer = Writer(
             j.directory, self._owner, synchronous=_SYNCHRONOUS[j.durability],
             commit_interval=j.commit_interval, max_bytes=j.max_bytes, post=post_to(loop),
-            on_loaded=self._loaded, on_commit=self._committed.set, on_closed=self._on_closed,
+            on_loaded=self._loaded, on_commit=self._on_commit, on_closed=self._on_closed,
         )
         self._writer = writer
         self._ops = writer.ops
+        self._add_view, self._add_cart = self._store.add_view, self._store.add_cart
+        self._now = self._clock.now
+        self.writing = True
         writer.start()
         self._ask()
 
@@ -158,6 +160,11 @@ class Journaling:
             log.error("the journal did not finish its last commit within %.1f s; what it "
                       "had not committed is lost if the process ends now", timeout)
 
+    def _on_commit(self) -> None:
+        if self._writer is not None and not self._writer.writing:
+            self.writing = False
+        self._committed.set()
+
     def _on_closed(self) -> None:
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
@@ -166,28 +173,40 @@ class Journaling:
     # -- intake and outcomes ------------------------------------------------------------------
 
     def enqueue(self, event: Event) -> None:
-        """``TrackingBuffer.enqueue`` with a journal: record *event*, then store it."""
-        if type(event) is not ProductView and type(event) is not Cart:
-            raise TypeError(f"enqueue() takes a Cart or ProductView, got {type(event).__name__}")
-        self.record(event)  # first: if the store drops the event, its row goes too
-        try:
-            wake = self._store.add(event, self._clock.now())
-        except BufferFullError:
-            self.resolved([event])
-            raise
+        """``TrackingBuffer.enqueue`` with a journal: append *event* for writing, then store it.
+
+        Appended first: if the store drops the event (overflow), its row goes again. This is
+        the caller's cost, so it is written out for each kind rather than shared.
+        """
+        kind = type(event)
+        if kind is ProductView:
+            if self.writing:
+                seq = self._views = self._views + 1
+                if self._seqs.setdefault(id(event), seq) != seq:
+                    self._repeats.setdefault(id(event), []).append(seq)
+                self._ops.append(event)
+            else:
+                self.unjournaled += 1
+            try:
+                wake = self._add_view(event, self._now())  # type: ignore[arg-type]
+            except BufferFullError:
+                self.resolved([event])
+                raise
+        elif kind is Cart:
+            if self.writing:
+                self._carts += 1
+                self._ops.append(event)
+            else:
+                self.unjournaled += 1
+            try:
+                wake = self._add_cart(event, self._now())  # type: ignore[arg-type]
+            except BufferFullError:
+                self.resolved([event])
+                raise
+        else:
+            raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
         if wake:
             self._wake()
-
-    def record(self, event: Event) -> None:
-        """Queue *event* for the next commit (before the store takes it)."""
-        writer = self._writer
-        if writer is None or not writer.writing:
-            self.unjournaled += 1
-            return
-        count = self._count = self._count + 1
-        if type(event) is ProductView and self._seqs.setdefault(id(event), count) != count:
-            self._repeats.setdefault(id(event), []).append(count)
-        self._ops.append(event)
 
     def resolved(self, events: list[Event]) -> None:
         """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
@@ -227,7 +246,7 @@ class Journaling:
         """
         writer = self._writer
         healthy = writer is not None and writer.writing
-        committed = 0 if writer is None else writer.committed
+        committed = 0 if writer is None else writer.committed_views
         rest: list[Event] = []
         for event in events:
             key = id(event)
@@ -254,32 +273,30 @@ class Journaling:
     # -- sync -----------------------------------------------------------------------------------
 
     async def sync(self, timeout: float | None) -> None:
-        """Return once every event recorded before the call is committed."""
+        """Return once every event appended before the call is committed."""
         writer = self._writer
         if writer is None:
             return
-        mark, unjournaled = self._count, self.unjournaled
+        views, carts, unjournaled = self._views, self._carts, self.unjournaled
+
+        def missing() -> int:
+            return max(0, views - writer.committed_views) + max(0, carts - writer.committed_carts)
+
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         writer.wake()
-        while writer.committed < mark:
-            if not writer.writing:
-                break
+        while missing() and writer.writing:
             self._committed.clear()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(
-                    f"sync() did not finish in {timeout:g} s: {mark - writer.committed} "
-                    "events are not committed to the journal yet"
-                )
-            try:
+                raise TimeoutError(f"sync() did not finish in {timeout:g} s: {missing()} "
+                                   "events are not committed to the journal yet")
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), remaining)
-            except asyncio.TimeoutError:
-                continue
-        if writer.committed < mark or unjournaled:
+        if missing() or unjournaled:
             raise TimeoutError(
                 "sync() cannot finish: the journal stopped writing after an error (see the "
-                f"log); {mark - writer.committed + unjournaled} events are in memory only"
+                f"log); {missing() + unjournaled} events are in memory only"
             )
 
     # -- recovery -------------------------------------------------------------------------------

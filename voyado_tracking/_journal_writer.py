@@ -6,8 +6,9 @@ append), deletions (``("views", source, seqs)``, ``("carts", pairs)``) and reque
 recovered events (``("want", count)``). The thread drains it at most ``commit_interval``
 apart, in one transaction per file, and answers on the loop with ``call_soon_threadsafe``.
 
-A view's row number is its position among the events the loop appended (the loop counts the
-same way), so the loop knows a view's row without asking. Carts are keyed by
+A view's row number is its position among the views the loop appended (the loop counts the
+same way), so the loop knows a view's row without asking, and a run of views gets
+consecutive rows: one encoding call and one insert for the run. Carts are keyed by
 ``cart_reference``; their deletions compare instants and go to every open file, since a
 recovered cart and a fresh update of it may sit in two files.
 """
@@ -25,20 +26,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ._errors import InvalidEventError
 from ._journal_db import (
     CorruptFile,
     ForeignFile,
     JournalFile,
     Row,
+    decode_cart,
+    decode_view,
+    encode_cart,
+    encode_views,
     instant_of,
     journal_files,
     private_directory,
 )
 from ._models import Cart, ProductView
-from ._wire import Event, encode_parts, structure
+from ._wire import Event
 
 __all__ = ["Loaded", "Source", "Writer"]
 
@@ -83,7 +85,9 @@ class Writer:
     ) -> None:
         self.ops: deque[Any] = deque()
         self.writing = True  # False once the journal fell back to memory only (loop reads it)
-        self.committed = 0  # events committed so far, in the loop's counting (loop reads it)
+        # Views and carts committed so far, in the loop's counting (the loop reads them).
+        self.committed_views = 0
+        self.committed_carts = 0
         self.errors = 0  # faults: files set aside, write failures (loop reads it)
         self._directory = directory
         self._owner = owner
@@ -100,7 +104,8 @@ class Writer:
         self._sources: list[Source] = []
         self._wanted = 0
         self._end_posted = False  # the loop was told that recovery read everything
-        self._count = 0  # events taken from ops, the loop's numbering
+        self._views = 0  # views taken from ops: the last one's row number
+        self._carts = 0  # cart updates taken from ops
         self._thread = threading.Thread(target=self.run, name="voyado_tracking journal",
                                         daemon=True)
 
@@ -191,19 +196,16 @@ class Writer:
 
     def _step(self) -> None:
         ops = self.ops
-        views: list[tuple[int, ProductView]] = []
+        views: list[ProductView] = []
         carts: list[tuple[str, Any]] = []  # in order: ("upsert", cart) | ("delete", pairs)
         by_source: dict[Source, list[int]] = {}
         own_deletes: list[int] = []
-        count = self._count
         for _ in range(len(ops)):
             op = ops.popleft()
             kind = type(op)
             if kind is ProductView:
-                count += 1
-                views.append((count, op))
+                views.append(op)
             elif kind is Cart:
-                count += 1
                 carts.append(("upsert", op))
             elif op[0] == "views":
                 if op[1] is None:
@@ -214,9 +216,11 @@ class Writer:
                 carts.append(("delete", op[1]))
             else:  # ("want", n)
                 self._wanted += op[1]
-        self._count = count
+        first_seq = self._views + 1
+        self._views += len(views)
+        self._carts += sum(1 for what, _ in carts if what == "upsert")
         if views or carts or own_deletes:
-            self._write_own(views, carts, own_deletes, count)
+            self._write_own(first_seq, views, carts, own_deletes)
         deleted_carts = [pairs for what, pairs in carts if what == "delete"]
         for source in self._sources:
             self._delete_in(source, by_source.get(source, ()), deleted_carts)
@@ -225,8 +229,8 @@ class Writer:
             self._recover()
 
     def _write_own(
-        self, views: list[tuple[int, ProductView]], carts: list[tuple[str, Any]],
-        own_deletes: list[int], count: int,
+        self, first_seq: int, views: list[ProductView], carts: list[tuple[str, Any]],
+        own_deletes: list[int],
     ) -> None:
         own = self._own
         if own is None:
@@ -235,10 +239,7 @@ class Writer:
         try:
             own.begin()
             if writing and views:
-                now = time.time()
-                bodies = encode_parts([view for _, view in views])
-                seqs = [seq for seq, _ in views]
-                own.add_views(zip(seqs, [now] * len(seqs), bodies, strict=True))
+                own.add_views(first_seq, time.time(), encode_views(views))
             if own_deletes:
                 own.delete_views(own_deletes)
             self._write_carts(own, carts, writing)
@@ -250,7 +251,7 @@ class Writer:
                 self._retry_deletes(own, own_deletes, carts)
             return
         if writing and (views or carts):
-            self.committed = count
+            self.committed_views, self.committed_carts = self._views, self._carts
             self._post(self._on_commit)
 
     @staticmethod
@@ -260,8 +261,7 @@ class Writer:
         for what, op in carts:
             if what == "upsert":
                 if writing:
-                    run.append((op.cart_reference, instant_of(op), now,
-                                encode_parts([op])[0]))
+                    run.append((op.cart_reference, instant_of(op), now, encode_cart(op)))
                 continue
             if run:
                 own.add_carts(run)
@@ -337,27 +337,29 @@ class Writer:
                 source.carts_done = True
             if rows:
                 source.cart_after = rows[-1][0]
-            return self._decode(source, Cart, rows)
+            return self._decode(source, decode_cart, rows)
         rows = file.read_views(source.view_after, limit)
         source.view_after = rows[-1][0] if len(rows) == limit else -1
-        return self._decode(source, ProductView, rows)
+        return self._decode(source, decode_view, rows)
 
-    def _decode(self, source: Source, kind: type[Event], rows: list[Row]) -> list[Loaded]:
+    def _decode(
+        self, source: Source, decode: Callable[[bytes | str], Event], rows: list[Row]
+    ) -> list[Loaded]:
         loaded: list[Loaded] = []
         bad: list[int] = []
         for seq, written, body in rows:
             try:
-                event = structure(kind, orjson.loads(body))
-            except (InvalidEventError, orjson.JSONDecodeError) as error:
-                log.error("journal file %s: an unreadable %s row was removed (%s)",
-                          source.file.path.name, kind.__name__, error)
+                event = decode(body)
+            except (ValueError, TypeError, IndexError) as error:  # InvalidEventError too
+                log.error("journal file %s: an unreadable row was removed (%s)",
+                          source.file.path.name, error)
                 bad.append(seq)
                 continue
             loaded.append((event, source, seq, written))
         if bad:
             self.errors += len(bad)
             source.file.begin()
-            if kind is ProductView:
+            if decode is decode_view:
                 source.file.delete_views(bad)
             else:
                 source.file.delete_cart_rows(bad)
