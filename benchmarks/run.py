@@ -58,6 +58,10 @@ TRIALS: list[tuple[str, str, Callable[[int], int]]] = [
     ("latency", "sdk", lambda n: max(50, min(1000, n // 100))),
     ("looplag", "voyado", lambda n: n),
     ("collapse", "voyado", lambda n: n),
+    ("journal", "enqueue-on", lambda n: n),
+    ("journal", "throughput-on", lambda n: n),
+    ("journal", "recovery", lambda n: 10 * n),
+    ("journal", "recovery-off", lambda n: 10 * n),
 ]
 PACKAGES = ["voyado-tracking", "aiohttp", "attrs", "cattrs", "orjson",
             "segment-analytics-python", "posthog", "voyado-engage-client", "requests", "psutil"]
@@ -212,12 +216,35 @@ def table(results: Results) -> str:
     absolute("cart collapse: cart updates sent", ("collapse", "voyado", "sent"), None,
              "the rest collapsed (only the latest `time` per cart matters)")
 
+    journal_rows(results, compare, absolute)
     lines = [
         "| measurement | voyado_tracking | compared with | ratio | target | result |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def journal_rows(results: Results, compare: Callable[..., None],
+                 absolute: Callable[..., None]) -> None:
+    """The journal's rows: journal on against off, and recovery of 10 N journaled views."""
+    compare("journal on: caller cost, µs/call, `enqueue()` of a pre-built event",
+            ("journal", "enqueue-on", "us_per_call"), ("caller", "voyado-enqueue", "us_per_call"),
+            "journal off", "ours/theirs", 1.5, False)
+    compare("journal on: delivered events/s (events built in the loop)",
+            ("journal", "throughput-on", "events_per_s"), ("throughput", "voyado", "events_per_s"),
+            "journal off", "ours/theirs", 0.5, True)
+    absolute("journal recovery (10 N views): first batch sent, s after start",
+             ("journal", "recovery", "first_batch_s"), 1.0)
+    compare("journal recovery (10 N views): delivered events/s",
+            ("journal", "recovery", "events_per_s"), ("journal", "recovery-off", "events_per_s"),
+            "journal off, the same views built and `put()`", "ours/theirs", 0.5, True)
+    absolute("journal recovery (10 N views): peak events held",
+             ("journal", "recovery", "peak_held"), 10_000, "max_pending = 10,000 (default)")
+    absolute("journal recovery (10 N views): peak RSS growth, MB",
+             ("journal", "recovery", "peak_rss_mb"), None)
+    absolute("journal: bytes on disk per pending view", ("journal", "recovery", "bytes_per_view"),
+             None, "SQLite file after a checkpoint, divided by the views it holds")
 
 
 # (metric, scenario, lib, key, higher is better)
@@ -283,7 +310,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="events per trial (default 100000)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     parser.add_argument("--only", help="comma-separated scenarios (caller, throughput, "
-                        "memory, latency, looplag, collapse)")
+                        "memory, latency, looplag, collapse, journal)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per trial")
     parser.add_argument("--baseline", metavar="DIR",
                         help="compare ours with the voyado_tracking source tree in DIR")

@@ -137,14 +137,16 @@ def now_iso() -> str:
 # -- caller cost: µs per call on the caller's side ------------------------------------------
 
 
-async def _voyado_caller(sink: str, n: int, prebuilt: bool) -> dict[str, Any]:
+async def _voyado_caller(
+    sink: str, n: int, prebuilt: bool, **journal: Any
+) -> dict[str, Any]:
     import voyado_tracking as vt
 
     raws = raw_views(n)
     events = [build_view(r) for r in raws] if prebuilt else None
     settings = vt.FlushSettings(max_pending=n + CHUNK, flush_interval=60.0)
     async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
-        buffer = vt.TrackingBuffer(client, settings)
+        buffer = vt.TrackingBuffer(client, settings, **journal)
         enqueue = buffer.enqueue
         spent = 0.0
         perf = time.perf_counter
@@ -208,14 +210,16 @@ def caller_posthog(sink: str, n: int) -> dict[str, Any]:
 # -- end to end: delivered events/s --------------------------------------------------------
 
 
-async def _voyado_throughput(sink: str, n: int, prebuilt: bool) -> dict[str, Any]:
+async def _voyado_throughput(
+    sink: str, n: int, prebuilt: bool, **journal: Any
+) -> dict[str, Any]:
     import voyado_tracking as vt
 
     raws = raw_views(n)
     events = [build_view(r) for r in raws] if prebuilt else None
     settings = vt.FlushSettings(max_pending=n + CHUNK)
     async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
-        buffer = vt.TrackingBuffer(client, settings)
+        buffer = vt.TrackingBuffer(client, settings, **journal)
         enqueue = buffer.enqueue
         ProductView = vt.ProductView
         t0 = time.perf_counter()
@@ -577,6 +581,13 @@ TRIALS: dict[tuple[str, str], Callable[[str, int], dict[str, Any]]] = {
 }
 
 
+def _journal_trials() -> None:
+    # The journal's trials live in their own module (they need the two helpers above).
+    import journal_scenarios
+
+    TRIALS.update(journal_scenarios.trials(_voyado_caller, _voyado_throughput))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario")
@@ -584,6 +595,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--sink", required=True, help="the sink's base URL")
     args = parser.parse_args()
+    if args.scenario == "journal":
+        _journal_trials()
     trial = TRIALS[(args.scenario, args.lib)]
     sink_get(args.sink, "reset")
     try:

@@ -22,6 +22,12 @@ ROWS = [
     "event-loop lag while flushing, max ms",
     "cart collapse: requests sent",
     "cart collapse: cart updates sent",
+    "journal on: caller cost, µs/call, `enqueue()` of a pre-built event",
+    "journal on: delivered events/s (events built in the loop)",
+    "journal recovery (10 N views): first batch sent, s after start",
+    "journal recovery (10 N views): delivered events/s",
+    "journal recovery (10 N views): peak events held",
+    "journal: bytes on disk per pending view",
 ]
 
 

@@ -18,7 +18,7 @@ import pytest
 import voyado_tracking as vt
 from voyado_tracking._eventfile import event_to_line, line_to_event
 from voyado_tracking._wire import Event
-from voyado_tracking.testing import FakeVoyado
+from voyado_tracking.testing import Chaos, FakeVoyado
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 SECRET = "sk-live-very-secret-key-0123456789"
@@ -541,3 +541,47 @@ async def test_fake_server_refuses_a_non_loopback_host_without_public() -> None:
     result = await run_cli("fake-server", "--host", "0.0.0.0")
     assert result.returncode == 2
     assert "--public" in result.stderr
+
+
+# -- send --journal ------------------------------------------------------------------------
+
+
+async def leave_journal(fake: FakeVoyado, directory: Path, events: Sequence[Event]) -> None:
+    """A buffer that could not deliver *events* before its close: they stay in its journal."""
+    fake.chaos(Chaos(error_rate=1.0))
+    async with vt.TrackingClient(fake.url, fake.api_key) as client, vt.TrackingBuffer(
+        client, vt.FlushSettings(shutdown_timeout=0.2), journal=vt.Journal(directory)
+    ) as buffer:
+        for event in events:
+            buffer.enqueue(event)
+        await buffer.sync()
+    fake.reset()
+
+
+async def test_send_journal_delivers_what_a_journal_directory_holds(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    await leave_journal(fake, tmp_path, [view("a"), view("b"), cart("c1", "SKU-1")])
+    result = await run_cli("send", "--journal", str(tmp_path), "--progress", "plain",
+                           env=connection(fake))
+    assert result.returncode == 0, result.stderr
+    assert "recovered 3 events" in result.stdout
+    assert sorted(v.item_id for v in fake.product_views) == ["a", "b"]
+    assert set(fake.carts) == {"c1"}
+
+
+async def test_send_journal_of_an_empty_directory_exits_0(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    result = await run_cli("send", "--journal", str(tmp_path), env=connection(fake))
+    assert result.returncode == 0, result.stderr
+    assert "recovered 0 events" in result.stdout
+
+
+@pytest.mark.parametrize("extra", [["events.jsonl"], ["--dry-run"]])
+async def test_send_journal_with_a_file_or_dry_run_is_a_usage_error(
+    fake: FakeVoyado, tmp_path: Path, extra: list[str]
+) -> None:
+    result = await run_cli("send", "--journal", str(tmp_path), *extra, env=connection(fake))
+    assert result.returncode == 2
+    assert "--journal" in result.stderr

@@ -30,6 +30,7 @@ PUBLIC = [
     "EventSink",
     "FlushSettings",
     "InvalidEventError",
+    "Journal",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",

@@ -19,6 +19,7 @@ from ._errors import (
     TransportError,
     VoyadoError,
 )
+from ._journal import Journal
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
@@ -36,6 +37,7 @@ __all__ = [
     "EventSink",
     "FlushSettings",
     "InvalidEventError",
+    "Journal",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",

@@ -40,6 +40,7 @@ from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
 from ._eventfile import append_events
+from ._journal import Journal, Journaling
 from ._lifecycle import AsyncClosing
 from ._losslog import LossLog
 from ._models import Cart, ProductView
@@ -93,6 +94,8 @@ class BufferStats:
     pending_carts: int
     pending_product_views: int
     in_flight: int
+    recovered: int = 0
+    journal_errors: int = 0
 
 
 _open_buffers: weakref.WeakSet[TrackingBuffer] = weakref.WeakSet()
@@ -127,6 +130,7 @@ class TrackingBuffer(AsyncClosing):
         on_dead_letter: Callable[[Event, VoyadoError], object] | None = None,
         spool_path: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if not isinstance(client, TrackingClient):
             raise TypeError(f"client must be a TrackingClient, got {type(client).__name__}")
@@ -142,9 +146,14 @@ class TrackingBuffer(AsyncClosing):
         self._clock: Clock = MonotonicClock() if clock is None else clock
         self._now = self._clock.now
         self._store = PendingStore(settings, self._dropped)
+        self._journal = None if journal is None else Journaling(
+            journal, self._store, client.transport.fingerprint("journal"), clock=self._clock,
+            wake=lambda: self._sender.wake(), notify=self._notify, spooling=spool_path is not None,
+        )
         self._sender = Sender(
             self._store, client.transport.post, settings,
             clock=self._clock, on_final=self._final, on_progress=self._notify,
+            on_sent=None if self._journal is None else self._journal.resolved,
         )
         self._losses = LossLog()
         self._state = _State.NEW
@@ -179,6 +188,9 @@ class TrackingBuffer(AsyncClosing):
             or self._fork_generation != _fork_generation
         ):
             self._ensure_running()  # starts the sender, or raises
+        if self._journal is not None:
+            self._journal.enqueue(event)
+            return
         kind = type(event)
         if kind is ProductView:
             wake = self._store.add_view(event, self._now())  # type: ignore[arg-type]
@@ -249,9 +261,22 @@ class TrackingBuffer(AsyncClosing):
             pending_carts=s.pending_carts,
             pending_product_views=s.pending_views,
             in_flight=s.in_flight,
+            recovered=s.recovered,
+            journal_errors=0 if self._journal is None else self._journal.errors,
         )
 
     # -- flush and close --------------------------------------------------------------------
+
+    async def sync(self, timeout: float | None = None) -> None:
+        """With a journal: return once every event enqueued before the call is committed.
+
+        Raises ``TimeoutError`` naming how many are not committed after *timeout* seconds, or
+        at once if the journal stopped writing after an error. Without a journal there is
+        nothing to commit: it returns at once.
+        """
+        self._ensure_running()
+        if self._journal is not None:
+            await self._journal.sync(timeout)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Deliver everything enqueued before the call, ignoring the flush thresholds.
@@ -262,14 +287,16 @@ class TrackingBuffer(AsyncClosing):
         """
         self._ensure_running()
         view_mark, cart_mark = self._store.marks()
-        sender = self._sender
+        sender, journal = self._sender, self._journal
 
         def done() -> bool:
             if self._state is _State.CLOSED:
                 return True  # everything was delivered, spooled or dropped
-            return self._store.settled(view_mark, cart_mark) and not sender.holds(
-                view_mark, cart_mark
-            )
+            # With a journal, also what recovery loads (flush() waits for the end of it).
+            marks = (view_mark, cart_mark) if journal is None else journal.flush_marks(
+                view_mark, cart_mark)
+            return marks is not None and self._store.settled(*marks) and not sender.holds(
+                *marks)
 
         sender.forcing += 1
         sender.wake()
@@ -314,7 +341,11 @@ class TrackingBuffer(AsyncClosing):
             finally:
                 # Also when cancelled again in there: nothing may stay unaccounted for.
                 self._dispose(self._store.drain())
-                self._finish_close()
+                try:
+                    if self._journal is not None:
+                        await self._journal.aclose(deadline - self._clock.now())
+                finally:
+                    self._finish_close()
 
     def _finish_close(self) -> None:
         self._state = _State.CLOSED
@@ -377,6 +408,8 @@ class TrackingBuffer(AsyncClosing):
             raise BufferClosedError("the buffer is closed")
         self._sender.start()
         self._ready_loop = loop
+        if self._journal is not None:
+            self._journal.start()
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until *condition* holds; False if *timeout* seconds pass first."""
@@ -398,6 +431,8 @@ class TrackingBuffer(AsyncClosing):
 
     def _notify(self) -> None:
         self._progress.set()
+        if self._journal is not None:
+            self._journal.progress()  # room may have freed for recovered events
 
     def _held(self) -> str:
         s = self._store
@@ -415,9 +450,13 @@ class TrackingBuffer(AsyncClosing):
                 "client-closed", len(events), "the TrackingClient was closed before the "
                 "TrackingBuffer; could not deliver", "close the buffer before its client",
             )
+            if self._journal is not None:  # what the journal holds stays for the next start
+                events = self._journal.keep(events, in_flight=True)
             if self._spool(events):
                 self._store.resolved(len(events), "spooled")
                 return
+        elif self._journal is not None:
+            self._journal.resolved(events)
         self._store.resolved(len(events), "dead_lettered")
         self._losses.record(f"dead:{type(error).__name__}", len(events), "dead-lettered",
                             str(error))
@@ -429,6 +468,8 @@ class TrackingBuffer(AsyncClosing):
                     log.exception("on_dead_letter callback failed")
 
     def _dropped(self, event: Event, reason: DropReason) -> None:
+        if self._journal is not None:
+            self._journal.resolved([event])
         if reason == "overflow":
             self._losses.record(
                 "drop:overflow", 1, "buffer full (max_pending="
@@ -442,6 +483,8 @@ class TrackingBuffer(AsyncClosing):
 
     def _spool(self, events: list[Event]) -> bool:
         """Append *events* to the spool file; False when there is none or it failed."""
+        if not events:
+            return True
         if self.spool_path is None:
             return False
         try:
@@ -453,7 +496,9 @@ class TrackingBuffer(AsyncClosing):
         return True
 
     def _dispose(self, events: list[Event]) -> None:
-        """Spool (or count as dropped) what is left at shutdown."""
+        """Keep in the journal, spool or count as dropped what is left at shutdown."""
+        if self._journal is not None:
+            events = self._journal.keep(events)  # what stays in it counts as spooled
         if not events:
             return
         if self.client.closed:

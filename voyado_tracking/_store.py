@@ -116,6 +116,7 @@ class PendingStore:
         self.retrying_views = 0
         self.in_flight = 0
         self.enqueued = 0
+        self.recovered = 0  # taken from a journal of an earlier run (beside enqueued)
         self.collapsed = 0
         self.sent = 0
         self.dropped = 0
@@ -195,6 +196,16 @@ class PendingStore:
             or n == self.settings.max_batch_size
             or self.cart_bytes >= self.settings.max_batch_bytes
         )
+
+    def add_recovered(self, event: Event, now: float) -> bool:
+        """Take an event recovered from a journal, counted as ``recovered``, not ``enqueued``.
+
+        The caller makes room first: recovery never pushes other events out.
+        """
+        wake = self.add(event, now)
+        self.enqueued -= 1
+        self.recovered += 1
+        return wake
 
     def _make_room(self, incoming: Event) -> bool:
         """Apply the overflow policy; False when *incoming* itself is dropped."""

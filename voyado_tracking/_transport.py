@@ -182,6 +182,7 @@ class Transport:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
+        self._base_url = str(base_url)
         self._urls: Final = {
             path: URL(str(base_url) + path)
             for path in (CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS)
@@ -196,6 +197,11 @@ class Transport:
 
     def __repr__(self) -> str:
         return "<voyado_tracking transport api_key='***'>"
+
+    def fingerprint(self, purpose: str) -> str:
+        """A digest naming this tenant and key for *purpose*, which never reveals the key."""
+        material = f"voyado_tracking {purpose}\n{self._base_url}\n{self._headers['apikey']}"
+        return hashlib.sha256(material.encode()).hexdigest()
 
     async def aclose(self) -> None:
         self.closed = True

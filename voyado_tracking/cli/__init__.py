@@ -7,6 +7,8 @@
 ``send FILE.jsonl``
     Sends an event file (or replays a buffer's spool) through a TrackingBuffer, with
     backpressure. Bad lines are reported on stderr by line number and skipped.
+``send --journal DIR``
+    Delivers what a journal directory holds (the journals of processes that are gone).
 ``fake-server``
     Runs FakeVoyado standalone, for trying an app against it by hand.
 
@@ -142,7 +144,15 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
         "users of the machine). Exit status: 0 all delivered, 1 some lines invalid or events "
         "undelivered, 2 usage error.",
     )
-    send.add_argument("file", metavar="FILE.jsonl", help="event file, or - for stdin")
+    send.add_argument("file", metavar="FILE.jsonl", nargs="?",
+                      help="event file, or - for stdin")
+    send.add_argument("--journal", metavar="DIR",
+                      help="instead of a file: deliver what the journal directory DIR holds "
+                      "(files of processes that are gone), e.g. on a host that will not run "
+                      "the app again")
+    send.add_argument("--max-age", type=_seconds, default=86_400.0,
+                      help="with --journal: drop events journaled more than this many "
+                      "seconds ago (default 86400)")
     send.add_argument("--base-url", help="e.g. https://<tenant>.voyado.com "
                       "(default: $VOYADO_BASE_URL)")
     send.add_argument("--api-key", help="Voyado API key (default: $VOYADO_API_KEY)")

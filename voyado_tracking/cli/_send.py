@@ -135,6 +135,12 @@ def _spool_path(args: argparse.Namespace) -> Path | None:
 
 async def run_send(args: argparse.Namespace, mode: str) -> int:
     """The ``send`` command; returns the exit status."""
+    if args.journal is not None:
+        from ._journal import run_send_journal
+
+        return await run_send_journal(args, mode)
+    if args.file is None:
+        raise UsageError("give FILE.jsonl (or - for stdin), or --journal DIR")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     if args.timeout <= 0 or args.retry_for <= 0:

@@ -75,7 +75,7 @@ class ForwarderStats(BufferStats):
     """A forwarder's counters: those of a buffer (``enqueued`` counts entries read;
     ``spooled``, entries released to other forwarders at close) plus ``claimed``."""
 
-    claimed: int
+    claimed: int = 0
 
 
 class Forwarder(AsyncClosing):

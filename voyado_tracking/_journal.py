@@ -1,0 +1,365 @@
+"""The durable journal: what a buffer holds survives ``kill -9`` (opt-in, stdlib sqlite3).
+
+:class:`Journal` is the configuration a user passes to ``TrackingBuffer(..., journal=...)``.
+:class:`Journaling` is the buffer's side of it, on the event loop: the buffer calls it at a
+few points (an event taken, events delivered or dropped, room freed, close) and it talks to
+the writer thread (``_journal_writer``) through a deque, never touching SQLite itself.
+
+Rows and events: a journaled view's row is its arrival number among journaled events, kept
+in a dict keyed by ``id(event)`` while the buffer holds the event (the event stays alive
+until it is resolved, so its id cannot be reused meanwhile); a cart's row is its
+``cart_reference``, deleted up to the delivered instant so a newer pending update stays.
+
+Recovery streams: the writer reads the files of processes that are gone (and this process's
+earlier buffers) in chunks the loop asks for when it has room under ``max_pending``; a
+chunk that arrives when room is short waits aside (at most one chunk) until room frees.
+Recovered events are counted as ``recovered``; those written more than ``max_age`` seconds
+ago are dropped as ``"expired"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+
+from ._clock import Clock
+from ._errors import BufferFullError
+from ._journal_db import instant_of
+from ._journal_writer import Loaded, Source, Writer, post_to
+from ._models import Cart, ProductView
+from ._store import PendingStore
+from ._validators import attrs_int_at_least, attrs_positive
+from ._wire import Event
+
+__all__ = ["Journal", "Journaling"]
+
+log = logging.getLogger("voyado_tracking")
+
+Durability = Literal["process", "machine"]
+_SYNCHRONOUS: Final[dict[str, str]] = {"process": "NORMAL", "machine": "FULL"}
+CHUNK: Final = 1000  # recovered events asked for at a time
+
+
+def _durability(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if value not in _SYNCHRONOUS:
+        raise ValueError(f"durability must be 'process' or 'machine', got {value!r}")
+
+
+def _directory(value: object) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path, got {type(value).__name__}")
+    return Path(value)
+
+
+@attrs.frozen
+class Journal:
+    """Where and how a buffer journals its events (see README, "Durable journal").
+
+    ``durability="process"`` survives the process dying (SQLite ``synchronous=NORMAL``);
+    ``"machine"`` also survives power loss (``synchronous=FULL``). Commits are grouped at
+    most ``commit_interval`` seconds apart. Past ``max_bytes`` the buffer falls back to
+    memory only. Recovered events written more than ``max_age`` seconds ago are dropped.
+    """
+
+    directory: Path = attrs.field(converter=_directory)
+    durability: Durability = attrs.field(default="process", kw_only=True, validator=_durability)
+    commit_interval: float = attrs.field(default=0.05, kw_only=True, validator=attrs_positive)
+    max_bytes: int = attrs.field(
+        default=1_000_000_000, kw_only=True, validator=attrs_int_at_least(65_536)
+    )
+    max_age: float = attrs.field(default=86_400.0, kw_only=True, validator=attrs_positive)
+
+
+class Journaling:
+    """A buffer's journal on the event loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        store: PendingStore,
+        owner: str,
+        *,
+        clock: Clock,
+        wake: Callable[[], None],
+        notify: Callable[[], None],
+        spooling: bool = False,
+    ) -> None:
+        if not isinstance(journal, Journal):
+            raise TypeError(f"journal must be a Journal, got {type(journal).__name__}")
+        if spooling:
+            log.info("a TrackingBuffer with a journal keeps undelivered events in the journal "
+                     "at close; spool_path gets only what the journal could not keep")
+        self.journal = journal
+        self._store = store
+        self._owner = owner
+        self._clock = clock
+        self._wake = wake
+        self._notify = notify
+        self._writer: Writer | None = None
+        self._ops: deque[Any] = deque()
+        self._views = 0  # views appended for writing (the last one's row number)
+        self._carts = 0  # cart updates appended for writing
+        self.writing = False  # events are appended for writing (mirrors the writer's flag)
+        self._seqs: dict[int, int] = {}  # id(view) -> its row, while the buffer holds it
+        self._repeats: dict[int, list[int]] = {}  # rows of a view object enqueued again
+        self._recovered: dict[int, tuple[Source, int]] = {}  # id(view) -> (file, row)
+        self._parked: deque[Loaded] = deque()  # recovered, waiting for room
+        self._asking = False  # a recovery request is out
+        self._read_all = False  # the writer has posted every recovered event
+        self._recovery_marks: tuple[int, int] | None = None  # store marks when it ended
+        self._committed = asyncio.Event()
+        self._closed: asyncio.Future[None] | None = None
+        self._closing = False
+        self.unjournaled = 0  # events taken while the journal wrote nothing
+
+    @property
+    def errors(self) -> int:
+        return 0 if self._writer is None else self._writer.errors
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer (idempotent): it opens a file and looks for files to recover."""
+        if self._writer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        j = self.journal
+        writer = Writer(
+            j.directory, self._owner, synchronous=_SYNCHRONOUS[j.durability],
+            commit_interval=j.commit_interval, max_bytes=j.max_bytes, post=post_to(loop),
+            on_loaded=self._loaded, on_commit=self._on_commit, on_closed=self._on_closed,
+        )
+        self._writer = writer
+        self._ops = writer.ops
+        self._add_view, self._add_cart = self._store.add_view, self._store.add_cart
+        self._now = self._clock.now
+        self.writing = True
+        writer.start()
+        self._ask()
+
+    async def aclose(self, timeout: float) -> None:
+        """Commit what is queued and close the files, waiting up to *timeout* seconds."""
+        writer, closed = self._writer, self._closed
+        self._closing = True
+        if writer is None or closed is None:
+            return
+        writer.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(closed), max(timeout, 0.05))
+        except asyncio.TimeoutError:
+            log.error("the journal did not finish its last commit within %.1f s; what it "
+                      "had not committed is lost if the process ends now", timeout)
+
+    def _on_commit(self) -> None:
+        if self._writer is not None and not self._writer.writing:
+            self.writing = False
+        self._committed.set()
+
+    def _on_closed(self) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        self._committed.set()
+
+    # -- intake and outcomes ------------------------------------------------------------------
+
+    def enqueue(self, event: Event) -> None:
+        """``TrackingBuffer.enqueue`` with a journal: append *event* for writing, then store it.
+
+        Appended first: if the store drops the event (overflow), its row goes again. This is
+        the caller's cost, so it is written out for each kind rather than shared.
+        """
+        kind = type(event)
+        if kind is ProductView:
+            if self.writing:
+                seq = self._views = self._views + 1
+                if self._seqs.setdefault(id(event), seq) != seq:
+                    self._repeats.setdefault(id(event), []).append(seq)
+                self._ops.append(event)
+            else:
+                self.unjournaled += 1
+            try:
+                wake = self._add_view(event, self._now())  # type: ignore[arg-type]
+            except BufferFullError:
+                self.resolved([event])
+                raise
+        elif kind is Cart:
+            if self.writing:
+                self._carts += 1
+                self._ops.append(event)
+            else:
+                self.unjournaled += 1
+            try:
+                wake = self._add_cart(event, self._now())  # type: ignore[arg-type]
+            except BufferFullError:
+                self.resolved([event])
+                raise
+        else:
+            raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
+        if wake:
+            self._wake()
+
+    def resolved(self, events: list[Event]) -> None:
+        """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
+        own: list[int] = []
+        carts: list[tuple[str, int]] = []
+        pop = self._seqs.pop
+        for event in events:
+            if type(event) is ProductView:
+                key = id(event)
+                seq = pop(key, None)
+                if seq is not None:
+                    own.append(seq)
+                    if self._repeats:
+                        self._next_repeat(key)
+                    continue
+                row = self._recovered.pop(key, None)
+                if row is not None:
+                    self._ops.append(("views", row[0], [row[1]]))
+            else:
+                carts.append((event.cart_reference, instant_of(event)))  # type: ignore[union-attr,arg-type]
+        if own:
+            self._ops.append(("views", None, own))
+        if carts:
+            self._ops.append(("carts", carts))
+
+    def _next_repeat(self, key: int) -> None:
+        rows = self._repeats.get(key)
+        if rows:
+            self._seqs[key] = rows.pop(0)
+            if not rows:
+                del self._repeats[key]
+
+    def keep(self, events: list[Event], *, in_flight: bool = False) -> list[Event]:
+        """At close: the *events* that stay in the journal count as spooled; return the rest.
+
+        *in_flight*: they were taken from the store for a send (else drained from it).
+        """
+        writer = self._writer
+        healthy = writer is not None and writer.writing
+        committed = 0 if writer is None else writer.committed_views
+        rest: list[Event] = []
+        for event in events:
+            key = id(event)
+            if type(event) is ProductView:
+                seq = self._seqs.pop(key, None)
+                if seq is not None and self._repeats:
+                    self._next_repeat(key)
+                kept = (seq is not None and (healthy or seq <= committed)) or (
+                    self._recovered.pop(key, None) is not None
+                )
+            else:
+                kept = healthy
+            if not kept:
+                rest.append(event)
+        kept_count = len(events) - len(rest)
+        if in_flight:
+            self._store.resolved(kept_count, "spooled")
+        elif kept_count:
+            self._store.count_spooled(kept_count)
+            log.warning("%d undelivered events stay in the journal in %s for the next start",
+                        kept_count, self.journal.directory)
+        return rest
+
+    # -- sync -----------------------------------------------------------------------------------
+
+    async def sync(self, timeout: float | None) -> None:
+        """Return once every event appended before the call is committed."""
+        writer = self._writer
+        if writer is None:
+            return
+        views, carts, unjournaled = self._views, self._carts, self.unjournaled
+
+        def missing() -> int:
+            return max(0, views - writer.committed_views) + max(0, carts - writer.committed_carts)
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        writer.wake()
+        while missing() and writer.writing:
+            self._committed.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"sync() did not finish in {timeout:g} s: {missing()} "
+                                   "events are not committed to the journal yet")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), remaining)
+        if missing() or unjournaled:
+            raise TimeoutError(
+                "sync() cannot finish: the journal stopped writing after an error (see the "
+                f"log); {missing() + unjournaled} events are in memory only"
+            )
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def progress(self) -> None:
+        """Room may have freed in the store: take parked events, ask for more."""
+        if self._parked or not (self._asking or self._read_all):
+            self._take_parked()
+            self._ask()
+
+    def flush_marks(self, view_mark: int, cart_mark: int) -> tuple[int, int] | None:
+        """The store marks flush() must wait for: None while recovery is still loading."""
+        if self._writer is None:
+            return view_mark, cart_mark
+        marks = self._recovery_marks
+        if marks is None:
+            return None
+        return max(view_mark, marks[0]), max(cart_mark, marks[1])
+
+    def _room(self) -> int:
+        return self._store.settings.max_pending - self._store.held
+
+    def _ask(self) -> None:
+        writer = self._writer
+        if writer is None or self._asking or self._read_all or self._parked or self._closing:
+            return
+        want = min(CHUNK, self._room())
+        if want >= min(CHUNK, self._store.settings.max_pending // 4 or 1):
+            self._asking = True
+            self._ops.append(("want", want))
+            writer.wake()
+
+    def _loaded(self, loaded: list[Loaded], done: bool) -> None:
+        """A chunk of recovered events arrived from the writer (on the loop)."""
+        self._asking = False
+        if self._closing:
+            return  # their rows stay in the journal for the next start
+        self._read_all = done
+        cutoff = time.time() - self.journal.max_age
+        store = self._store
+        for item in loaded:
+            event, source, seq, written = item
+            if written < cutoff:
+                if type(event) is ProductView:
+                    self._recovered[id(event)] = (source, seq)
+                store.recovered += 1
+                store.drop(event, "expired")
+            else:
+                self._parked.append(item)
+        self._take_parked()
+        self._ask()
+
+    def _take_parked(self) -> None:
+        parked, store = self._parked, self._store
+        if parked:
+            now, wake = self._clock.now(), False
+            for _ in range(min(len(parked), self._room())):
+                event, source, seq, _ = parked.popleft()
+                if type(event) is ProductView:
+                    self._recovered[id(event)] = (source, seq)
+                wake = store.add_recovered(event, now) or wake
+            if wake:
+                self._wake()
+        if self._read_all and not parked and self._recovery_marks is None:
+            self._recovery_marks = store.marks()
+            self._notify()

@@ -1,0 +1,395 @@
+"""The journal's writer thread: group commits, deletions and recovery reads, off the loop.
+
+The event loop talks to it through one ``deque`` (appends are atomic, so ``enqueue`` never
+takes a lock): events to write (a ``ProductView`` or ``Cart`` itself: the cheapest op to
+append), deletions (``("views", source, seqs)``, ``("carts", pairs)``) and requests for
+recovered events (``("want", count)``). The thread drains it at most ``commit_interval``
+apart, in one transaction per file, and answers on the loop with ``call_soon_threadsafe``.
+
+A view's row number is its position among the views the loop appended (the loop counts the
+same way), so the loop knows a view's row without asking, and a run of views gets
+consecutive rows: one encoding call and one insert for the run. Carts are keyed by
+``cart_reference``; their deletions compare instants and go to every open file, since a
+recovered cart and a fresh update of it may sit in two files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._journal_db import (
+    CorruptFile,
+    ForeignFile,
+    JournalFile,
+    Row,
+    decode_cart,
+    decode_view,
+    encode_cart,
+    encode_views,
+    instant_of,
+    journal_files,
+    private_directory,
+)
+from ._models import Cart, ProductView
+from ._wire import Event
+
+__all__ = ["Loaded", "Source", "Writer"]
+
+log = logging.getLogger("voyado_tracking")
+
+# (event, its file, its row number for a view) — what recovery hands to the loop.
+Loaded = tuple[Event, "Source", int, float]
+
+
+class Source:
+    """A journal file adopted from a process that is gone, being recovered."""
+
+    __slots__ = ("cart_after", "carts_done", "file", "open", "view_after")
+
+    def __init__(self, file: JournalFile) -> None:
+        self.file = file
+        self.cart_after = 0
+        self.view_after = 0
+        self.carts_done = False
+        self.open = True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.carts_done and self.view_after < 0
+
+
+class Writer:
+    """Owns the journal files of one buffer; :meth:`run` is the thread's body."""
+
+    def __init__(
+        self,
+        directory: Path,
+        owner: str,
+        *,
+        synchronous: str,
+        commit_interval: float,
+        max_bytes: int,
+        post: Callable[..., None],
+        on_loaded: Callable[[list[Loaded], bool], None],
+        on_commit: Callable[[], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self.ops: deque[Any] = deque()
+        self.writing = True  # False once the journal fell back to memory only (loop reads it)
+        # Views and carts committed so far, in the loop's counting (the loop reads them).
+        self.committed_views = 0
+        self.committed_carts = 0
+        self.errors = 0  # faults: files set aside, write failures (loop reads it)
+        self._directory = directory
+        self._owner = owner
+        self._synchronous = synchronous
+        self._interval = commit_interval
+        self._max_bytes = max_bytes
+        self._post = post
+        self._on_loaded = on_loaded
+        self._on_commit = on_commit
+        self._on_closed = on_closed
+        self._urgent = threading.Event()
+        self._stopping = False
+        self._own: JournalFile | None = None
+        self._sources: list[Source] = []
+        self._wanted = 0
+        self._end_posted = False  # the loop was told that recovery read everything
+        self._views = 0  # views taken from ops: the last one's row number
+        self._carts = 0  # cart updates taken from ops
+        self._thread = threading.Thread(target=self.run, name="voyado_tracking journal",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._urgent.set()
+
+    def close(self) -> None:
+        """Commit what is queued, then close the files (the thread ends)."""
+        self._stopping = True
+        self._urgent.set()
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._open()
+            last = time.monotonic()
+            while True:
+                self._urgent.wait(max(0.0, last + self._interval - time.monotonic()))
+                self._urgent.clear()
+                stopping = self._stopping
+                self._step()
+                last = time.monotonic()
+                if stopping and not self.ops:
+                    break
+        except Exception:  # a bug: never let the thread die silently
+            log.exception("the journal's writer thread failed; the journal stops writing")
+            self._fail("an unexpected error")
+        finally:
+            self._close_files()
+            self._post(self._on_closed)
+
+    def _open(self) -> None:
+        try:
+            private_directory(self._directory)
+            self._own = JournalFile.create(
+                self._directory, self._owner, synchronous=self._synchronous,
+                max_bytes=self._max_bytes,
+            )
+        except (OSError, sqlite3.Error) as error:
+            self._fail(f"cannot create a journal file in {self._directory}: {error}")
+        try:
+            paths = journal_files(self._directory)
+        except OSError as error:
+            log.error("cannot read the journal directory %s: %s", self._directory, error)
+            self.errors += 1
+            paths = []
+        for path in paths:
+            if self._own is not None and path == self._own.path:
+                continue
+            self._adopt(path)
+
+    def _adopt(self, path: Path) -> None:
+        try:
+            file = JournalFile.adopt(path, self._owner, synchronous=self._synchronous)
+        except ForeignFile as why:
+            log.warning("journal file %s left alone: %s", path, why)
+            return
+        except CorruptFile as error:
+            self.errors += 1
+            log.error("journal file %s is corrupt (%s); set aside", path, error)
+            return
+        except (OSError, sqlite3.Error) as error:
+            self.errors += 1
+            log.error("cannot open journal file %s: %s; left alone", path, error)
+            return
+        if file is not None:
+            carts, views = file.counts()
+            log.info("recovering %d carts and %d product views from journal file %s",
+                     carts, views, path.name)
+            self._sources.append(Source(file))
+
+    def _fail(self, why: str) -> None:
+        """Fall back to memory only: new events are no longer written (deletions still are)."""
+        if self.writing:
+            self.writing = False
+            self.errors += 1
+            log.error(
+                "journal: %s; new events are kept in memory only from now on (the events "
+                "already committed stay in the journal)", why,
+            )
+        self._post(self._on_commit)  # sync() waiters must learn it
+
+    # -- one step: write what is queued, then serve recovery ----------------------------------
+
+    def _step(self) -> None:
+        ops = self.ops
+        views: list[ProductView] = []
+        carts: list[tuple[str, Any]] = []  # in order: ("upsert", cart) | ("delete", pairs)
+        by_source: dict[Source, list[int]] = {}
+        own_deletes: list[int] = []
+        for _ in range(len(ops)):
+            op = ops.popleft()
+            kind = type(op)
+            if kind is ProductView:
+                views.append(op)
+            elif kind is Cart:
+                carts.append(("upsert", op))
+            elif op[0] == "views":
+                if op[1] is None:
+                    own_deletes.extend(op[2])
+                else:
+                    by_source.setdefault(op[1], []).extend(op[2])
+            elif op[0] == "carts":
+                carts.append(("delete", op[1]))
+            else:  # ("want", n)
+                self._wanted += op[1]
+        first_seq = self._views + 1
+        self._views += len(views)
+        self._carts += sum(1 for what, _ in carts if what == "upsert")
+        if views or carts or own_deletes:
+            self._write_own(first_seq, views, carts, own_deletes)
+        deleted_carts = [pairs for what, pairs in carts if what == "delete"]
+        for source in self._sources:
+            self._delete_in(source, by_source.get(source, ()), deleted_carts)
+        self._sources = [s for s in self._sources if s.open]
+        if not self._end_posted:
+            self._recover()
+
+    def _write_own(
+        self, first_seq: int, views: list[ProductView], carts: list[tuple[str, Any]],
+        own_deletes: list[int],
+    ) -> None:
+        own = self._own
+        if own is None:
+            return
+        writing = self.writing
+        try:
+            own.begin()
+            if writing and views:
+                own.add_views(first_seq, time.time(), encode_views(views))
+            if own_deletes:
+                own.delete_views(own_deletes)
+            self._write_carts(own, carts, writing)
+            own.commit()
+        except sqlite3.Error as error:
+            own.rollback()
+            self._fail(f"could not write to {own.path.name} ({error})")
+            if own_deletes or any(what == "delete" for what, _ in carts):
+                self._retry_deletes(own, own_deletes, carts)
+            return
+        if writing and (views or carts):
+            self.committed_views, self.committed_carts = self._views, self._carts
+            self._post(self._on_commit)
+
+    @staticmethod
+    def _write_carts(own: JournalFile, carts: list[tuple[str, Any]], writing: bool) -> None:
+        run: list[tuple[str, int, float, bytes]] = []
+        now = time.time()
+        for what, op in carts:
+            if what == "upsert":
+                if writing:
+                    run.append((op.cart_reference, instant_of(op), now, encode_cart(op)))
+                continue
+            if run:
+                own.add_carts(run)
+                run = []
+            own.delete_carts(op)
+        if run:
+            own.add_carts(run)
+
+    def _retry_deletes(
+        self, own: JournalFile, own_deletes: list[int], carts: list[tuple[str, Any]]
+    ) -> None:
+        try:
+            own.begin()
+            own.delete_views(own_deletes)
+            self._write_carts(own, carts, writing=False)
+            own.commit()
+        except sqlite3.Error as error:
+            own.rollback()
+            log.debug("journal: deleting delivered events failed too: %s", error)
+
+    def _delete_in(self, source: Source, seqs: list[int] | tuple[()],
+                   carts: list[list[tuple[str, int]]]) -> None:
+        file = source.file
+        try:
+            if seqs or carts:
+                file.begin()
+                if seqs:
+                    file.delete_views(seqs)
+                for pairs in carts:
+                    file.delete_carts(pairs)
+                file.commit()
+            if source.exhausted and file.is_empty():
+                file.remove()
+                source.open = False
+                log.info("journal file %s fully recovered; removed", file.path.name)
+        except sqlite3.Error as error:
+            file.rollback()
+            self._set_aside(source, error)
+
+    def _set_aside(self, source: Source, error: BaseException) -> None:
+        self.errors += 1
+        source.open = False
+        target = source.file.set_aside()
+        log.error("journal file %s failed (%s); set aside as %s", source.file.path.name,
+                  error, target.name)
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Read up to the wanted number of events from the adopted files; post them."""
+        loaded: list[Loaded] = []
+        while self._wanted > len(loaded):
+            source = next((s for s in self._sources if s.open and not s.exhausted), None)
+            if source is None:
+                break
+            try:
+                loaded.extend(self._read(source, self._wanted - len(loaded)))
+            except sqlite3.Error as error:
+                self._set_aside(source, error)
+        self._sources = [s for s in self._sources if s.open]
+        self._wanted -= len(loaded)
+        done = all(s.exhausted for s in self._sources)
+        if loaded or done:
+            self._end_posted = done
+            self._post(self._on_loaded, loaded, done)
+
+    def _read(self, source: Source, limit: int) -> list[Loaded]:
+        file = source.file
+        rows: list[Row]
+        if not source.carts_done:
+            rows = file.read_carts(source.cart_after, limit)
+            if len(rows) < limit:
+                source.carts_done = True
+            if rows:
+                source.cart_after = rows[-1][0]
+            return self._decode(source, decode_cart, rows)
+        rows = file.read_views(source.view_after, limit)
+        source.view_after = rows[-1][0] if len(rows) == limit else -1
+        return self._decode(source, decode_view, rows)
+
+    def _decode(
+        self, source: Source, decode: Callable[[bytes | str], Event], rows: list[Row]
+    ) -> list[Loaded]:
+        loaded: list[Loaded] = []
+        bad: list[int] = []
+        for seq, written, body in rows:
+            try:
+                event = decode(body)
+            except (ValueError, TypeError, IndexError) as error:  # InvalidEventError too
+                log.error("journal file %s: an unreadable row was removed (%s)",
+                          source.file.path.name, error)
+                bad.append(seq)
+                continue
+            loaded.append((event, source, seq, written))
+        if bad:
+            self.errors += len(bad)
+            source.file.begin()
+            if decode is decode_view:
+                source.file.delete_views(bad)
+            else:
+                source.file.delete_cart_rows(bad)
+            source.file.commit()
+        return loaded
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _close_files(self) -> None:
+        for file in [self._own, *(s.file for s in self._sources if s.open)]:
+            if file is None:
+                continue
+            try:
+                empty = file.is_empty()
+            except sqlite3.Error:
+                empty = False
+            if empty:
+                file.remove()
+            else:
+                file.release()
+        self._own = None
+        self._sources = []
+
+
+def post_to(loop: asyncio.AbstractEventLoop) -> Callable[..., None]:
+    """``call_soon_threadsafe`` on *loop*, quiet once the loop is closed."""
+
+    def post(callback: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: no one waits for it
+            loop.call_soon_threadsafe(callback, *args)
+
+    return post
+
