@@ -77,7 +77,8 @@ class _State(enum.Enum):
 
 @attrs.frozen
 class BufferStats:
-    """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``)."""
+    """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``) and
+    delivery delays (seconds)."""
 
     enqueued: int
     collapsed: int
@@ -90,6 +91,11 @@ class BufferStats:
     pending_carts: int
     pending_product_views: int
     in_flight: int
+    # Seconds: the age of the oldest pending or retrying event (not in flight), and the
+    # enqueue-to-2xx delay of recently delivered events (None before the first delivery).
+    oldest_pending_age: float = 0.0
+    delivery_delay_p50: float | None = None
+    delivery_delay_p99: float | None = None
 
 
 _open_buffers: weakref.WeakSet[TrackingBuffer] = weakref.WeakSet()
@@ -233,6 +239,8 @@ class TrackingBuffer:
     @property
     def stats(self) -> BufferStats:
         s = self._store
+        oldest = s.oldest_pending_at()
+        p50, p99 = self._sender.delays.percentiles()
         return BufferStats(
             enqueued=s.enqueued,
             collapsed=s.collapsed,
@@ -245,6 +253,9 @@ class TrackingBuffer:
             pending_carts=s.pending_carts,
             pending_product_views=s.pending_views,
             in_flight=s.in_flight,
+            oldest_pending_age=0.0 if oldest is None else self._clock.now() - oldest,
+            delivery_delay_p50=p50,
+            delivery_delay_p99=p99,
         )
 
     # -- flush and close --------------------------------------------------------------------
