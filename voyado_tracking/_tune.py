@@ -268,7 +268,7 @@ def _run(
     """Add events ``i:end`` at their times, with the flusher's decisions in between; with
     *drain*, then run on until everything is delivered."""
     add = flusher.store.add
-    due = flusher.next_due(times[i]) if i < end else math.inf
+    due = flusher.next_due(times[i - 1] if i else 0.0)  # what the last event made due
     while True:
         until = min(due, flusher.next_done())
         while i < end and times[i] < until:  # the hot loop: intake between decisions
@@ -336,11 +336,12 @@ class Limits:
     max_requests_per_second: float = 40.0
 
     def problems(self, outcome: Outcome) -> list[str]:
-        """What *outcome* breaks: ``"backlog"`` (requests cannot keep up with the events),
-        ``"requests/s"``, ``"delay"``; empty when it meets the limits."""
+        """What *outcome* breaks: ``"saturated"`` (the connections cannot keep up with the
+        events, or only just), ``"requests/s"``, ``"delay"``; empty when it meets the
+        limits."""
         problems = []
         if not outcome.keeps_up:
-            problems.append("backlog")
+            problems.append("saturated")
         if outcome.requests_per_second > self.max_requests_per_second:
             problems.append("requests/s")
         if outcome.delay_p99 > self.max_delay:
@@ -401,7 +402,7 @@ def unmet(
     """
     budget, delay = limits.max_requests_per_second, limits.max_delay
     fewest = min(outcomes, key=lambda o: (o.requests_per_second, o.delay_p99))
-    under = [o for o in outcomes if not {"backlog", "requests/s"} & set(limits.problems(o))]
+    under = [o for o in outcomes if not {"saturated", "requests/s"} & set(limits.problems(o))]
     if not any(o.keeps_up for o in outcomes):
         what = (
             f"throughput: with requests taking {service_time:g} s and "
