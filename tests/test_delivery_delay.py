@@ -66,12 +66,12 @@ async def test_oldest_pending_age_counts_events_waiting_to_retry(
     fake: FakeVoyado, client: vt.TrackingClient
 ) -> None:
     clock = FakeClock()
-    fake.script(503)
+    fake.script(Fault(status=503, retry_after=50))
     async with vt.TrackingBuffer(client, settings(flush_interval=1), clock=clock) as buffer:
         buffer.enqueue(view("p1"))
         await clock.advance(1)
         await eventually(lambda: buffer.stats.retries == 1)
-        await clock.advance(20)  # the backoff is 100 s: still waiting to retry
+        await clock.advance(20)  # Retry-After: 50 s, so still waiting to retry
         assert buffer.stats.pending_product_views == 1
         assert buffer.stats.oldest_pending_age == 21.0
         await clock.advance(100)  # retried and delivered: nothing left for close to wait on

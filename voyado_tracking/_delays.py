@@ -25,23 +25,34 @@ def percentile(ordered: Sequence[float], share: float) -> float:
 
 
 class DeliveryDelays:
-    """The delays (seconds) of the last *size* delivered events."""
+    """The delays (seconds) of the last *size* or so delivered events.
 
-    __slots__ = ("_delays", "_size")
+    Recording is O(1) per delivered request (it keeps the arrival times and the delivery
+    time); the delays are computed when :meth:`percentiles` is asked. Whole requests leave
+    the window, oldest first, while the rest still hold *size* events.
+    """
+
+    __slots__ = ("_count", "_deliveries", "_size")
 
     def __init__(self, size: int = WINDOW) -> None:
         self._size = size
-        self._delays: deque[float] = deque(maxlen=size)
+        self._deliveries: deque[tuple[float, list[float]]] = deque()
+        self._count = 0
 
     def record(self, arrivals: list[float], now: float) -> None:
-        """Events that arrived at *arrivals* were delivered at *now*."""
-        if len(arrivals) > self._size:
-            arrivals = arrivals[-self._size:]
-        self._delays.extend([now - at for at in arrivals])
+        """Events that arrived at *arrivals* were delivered at *now* (the list is kept:
+        the caller must not change it afterwards)."""
+        deliveries = self._deliveries
+        deliveries.append((now, arrivals))
+        self._count += len(arrivals)
+        while self._count - len(deliveries[0][1]) >= self._size:
+            self._count -= len(deliveries.popleft()[1])
 
     def percentiles(self) -> tuple[float | None, float | None]:
         """(p50, p99) of the window; (None, None) before the first delivery."""
-        if not self._delays:
+        ordered = sorted(
+            [now - at for now, arrivals in self._deliveries for at in arrivals]
+        )
+        if not ordered:
             return None, None
-        ordered = sorted(self._delays)
         return percentile(ordered, 0.5), percentile(ordered, 0.99)
