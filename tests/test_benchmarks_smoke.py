@@ -47,3 +47,14 @@ def test_benchmark_run_prints_the_table_with_every_scenario() -> None:
         line = next((x for x in out.splitlines() if x.startswith(f"| {row} |")), None)
         assert line is not None, f"missing row {row!r} in:\n{out}"
         assert not line.split(" | ")[1].startswith("n/a"), line
+
+
+def test_tradeoffs_script_prints_the_table_for_every_rate() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "tradeoffs.py"), "--no-png"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| events/s | flush_interval | req/s (100) | p99 delay (100) |" in done.stdout
+    for rate in ("| 50 |", "| 500 |", "| 5,000 |"):
+        assert rate in done.stdout

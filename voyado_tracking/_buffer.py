@@ -81,7 +81,8 @@ class _State(enum.Enum):
 
 @attrs.frozen
 class BufferStats:
-    """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``)."""
+    """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``) and
+    delivery delays (seconds)."""
 
     enqueued: int
     collapsed: int
@@ -96,6 +97,11 @@ class BufferStats:
     in_flight: int
     recovered: int = 0
     journal_errors: int = 0
+    # Seconds: the age of the oldest pending or retrying event (not in flight), and the
+    # enqueue-to-2xx delay of recently delivered events (None before the first delivery).
+    oldest_pending_age: float = 0.0
+    delivery_delay_p50: float | None = None
+    delivery_delay_p99: float | None = None
 
 
 _open_buffers: weakref.WeakSet[TrackingBuffer] = weakref.WeakSet()
@@ -249,6 +255,8 @@ class TrackingBuffer(AsyncClosing):
     @property
     def stats(self) -> BufferStats:
         s = self._store
+        oldest = s.oldest_pending_at()
+        p50, p99 = self._sender.delays.percentiles()
         return BufferStats(
             enqueued=s.enqueued,
             collapsed=s.collapsed,
@@ -263,6 +271,9 @@ class TrackingBuffer(AsyncClosing):
             in_flight=s.in_flight,
             recovered=s.recovered,
             journal_errors=0 if self._journal is None else self._journal.errors,
+            oldest_pending_age=0.0 if oldest is None else self._clock.now() - oldest,
+            delivery_delay_p50=p50,
+            delivery_delay_p99=p99,
         )
 
     # -- flush and close --------------------------------------------------------------------

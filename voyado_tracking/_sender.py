@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ._clock import Clock
+from ._delays import DeliveryDelays
 from ._errors import ApiError, AuthenticationError, ClientClosedError, VoyadoError
 from ._losslog import LossLog
 from ._settings import FlushSettings
@@ -93,6 +94,7 @@ class Sender:
         self.requests = 0
         self.retries = 0
         self.crashes = 0
+        self.delays = DeliveryDelays()  # enqueue to 2xx, of the last delivered events
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class Sender:
             todo.clear()
             todo.extend(split_bodies(batch.events, self._settings.max_batch_bytes))
             try:
-                await self._send_chunks(batch.kind, todo)
+                await self._send_chunks(batch, todo)
             except _Retry as retry:
                 events = _take_all(todo)
                 if self._retry_later(batch, events, retry.error):
@@ -228,7 +230,7 @@ class Sender:
                     "retry budget spent for %d %s; trying halves once to isolate a bad event",
                     sum(len(e) for e, _ in todo), batch.kind.replace("_", " "),
                 )
-                await self._send_chunks(batch.kind, todo, last_chance)
+                await self._send_chunks(batch, todo, last_chance)
         except asyncio.CancelledError:
             # Shutdown: what was not confirmed goes back to the store, to be spooled.
             self._store.failed(
@@ -247,14 +249,14 @@ class Sender:
                 self._hold_until[batch.kind] = 0.0  # Voyado answers again
 
     async def _send_chunks(
-        self, kind: Kind, todo: deque[_Chunk], last_chance: VoyadoError | None = None
+        self, batch: Batch, todo: deque[_Chunk], last_chance: VoyadoError | None = None
     ) -> None:
         """Send the chunks of *todo* in order, resolving each.
 
         A retriable failure raises ``_Retry`` (the failed chunk and the rest stay in *todo*),
         except in the last chance of a batch whose budget is spent (see the module docstring).
         """
-        path = PATHS[kind]
+        path = PATHS[batch.kind]
         failures_left = 2 * sum(len(e) for e, _ in todo).bit_length() + 2
         while todo:
             events, body = todo[0]
@@ -285,6 +287,7 @@ class Sender:
             else:
                 todo.popleft()
                 self._store.resolved(len(events), "sent")
+                self.delays.record(batch.times_of(events), self._clock.now())
                 if self._on_sent is not None:
                     self._on_sent(events)
 

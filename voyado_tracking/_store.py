@@ -35,6 +35,7 @@ class Batch:
 
     __slots__ = (
         "attempts", "events", "first_at", "first_failure", "kind", "mark", "not_before", "seqs",
+        "times",
     )
 
     def __init__(
@@ -47,6 +48,7 @@ class Batch:
         attempts: int = 0,
         first_failure: float = 0.0,
         not_before: float = 0.0,
+        times: list[float] | None = None,
     ) -> None:
         self.kind = kind
         self.events = events
@@ -60,6 +62,19 @@ class Batch:
         self.attempts = attempts
         self.first_failure = first_failure
         self.not_before = not_before
+        # Each event's arrival (carts: of the first update still pending), for the delivery
+        # delay; taken at take(), so enqueue does no extra work.
+        self.times = times
+
+    def times_of(self, events: list[Event]) -> list[float]:
+        """The arrival times of *events*, some (or all) of this batch's events."""
+        times = self.times
+        if times is None:
+            return [self.first_at] * len(events)
+        if len(events) == len(self.events):  # chunks never overlap: the whole batch
+            return times
+        time_of = dict(zip(map(id, self.events), times, strict=False))
+        return [time_of.get(id(event), self.first_at) for event in events]
 
 
 class _CartEntry:
@@ -298,8 +313,8 @@ class PendingStore:
         batch = Batch("product_views", [], times[0], self.view_arrivals - len(views))
         popleft = views.popleft
         batch.events = [popleft() for _ in range(count)]
-        for _ in range(count):
-            times.popleft()
+        pop_time = times.popleft
+        batch.times = [pop_time() for _ in range(count)]
         # The byte count is an estimate for the trigger only: scale it rather than measure the
         # taken events again.
         self.view_bytes = self.view_bytes * len(views) // (len(views) + count)
@@ -327,7 +342,8 @@ class PendingStore:
             return None
         events: list[Event] = [entry.cart for entry in entries]
         seqs = [entry.seq for entry in entries]
-        batch = Batch("carts", events, min(e.first_at for e in entries), min(seqs), seqs)
+        times = [entry.first_at for entry in entries]
+        batch = Batch("carts", events, min(times), min(seqs), seqs, times=times)
         if ready:
             batch.attempts = max(e.attempts for e in entries)
             batch.first_failure = min(e.first_failure for e in entries)
@@ -349,14 +365,15 @@ class PendingStore:
         if not events:
             return
         if batch.kind == "product_views":
+            times = batch.times_of(events)
             self.retry_views.append(
-                Batch("product_views", events, batch.first_at, batch.mark, None,
-                       attempts, first_failure, not_before)
+                Batch("product_views", events, min(times), batch.mark, None,
+                       attempts, first_failure, not_before, times)
             )
             self.retrying_views += len(events)
             return
         seq_of = dict(zip(map(id, batch.events), batch.seqs or (), strict=False))
-        for cart in events:
+        for cart, first_at in zip(events, batch.times_of(events), strict=True):
             assert isinstance(cart, Cart)
             reference = cart.cart_reference
             seq = seq_of.get(id(cart), batch.mark)
@@ -365,7 +382,6 @@ class PendingStore:
                 self.cart_bytes -= size_hint(entry.cart)
             else:
                 entry = self.retry_carts.pop(reference, None)
-            first_at = batch.first_at
             if entry is not None:
                 # Merge by the collapse rule; the pending update arrived later, so it also
                 # wins an equal instant.
@@ -392,6 +408,16 @@ class PendingStore:
     def count_spooled(self, count: int) -> None:
         """*count* events taken out with :meth:`drain` were written to a spool."""
         self.spooled += count
+
+    def oldest_pending_at(self) -> float | None:
+        """Arrival of the oldest pending or retrying event (not in flight); None if none."""
+        oldest = [batch.first_at for batch in self.retry_views]
+        oldest.extend(entry.first_at for entry in self.retry_carts.values())
+        if self.view_times:
+            oldest.append(self.view_times[0])
+        if self.carts:  # in first-arrival order
+            oldest.append(next(iter(self.carts.values())).first_at)
+        return min(oldest, default=None)
 
     def marks(self) -> tuple[int, int]:
         """Arrival numbers that every event enqueued so far is below: (views, carts)."""

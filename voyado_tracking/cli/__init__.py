@@ -11,6 +11,9 @@
     Delivers what a journal directory holds (the journals of processes that are gone).
 ``fake-server``
     Runs FakeVoyado standalone, for trying an app against it by hand.
+``tune --events-per-second R``
+    Simulates a shop's traffic through the buffer's store in virtual time and recommends
+    flush settings that meet a delay and a requests/s budget.
 
 ``demo`` and ``fake-server`` import :mod:`voyado_tracking.testing` (and aiohttp's server)
 when they run, so the other commands never load them.
@@ -38,6 +41,7 @@ from ._send import run_send
 __all__ = ["main"]
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+MAX_TUNE_RATE = 100_000
 
 
 # -- argument parsing --------------------------------------------------------------------
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_send(commands, progress)
     _add_fake_server(commands)
     add_forward(commands)
+    _add_tune(commands)
     return parser
 
 
@@ -207,11 +212,56 @@ def _add_fake_server(commands: Commands) -> None:
                       "as JSON: the same data as GET /_fake/state while it runs")
 
 
+_events_per_second = _bounded_float(
+    "a number of events per second", lambda v: 0 < v <= MAX_TUNE_RATE,
+    f"> 0 and at most {MAX_TUNE_RATE:,} (more never fits one API key's budget)",
+)
+_requests_per_second = _bounded_float(
+    "a number of requests per second", lambda v: 0 < v < float("inf"), "> 0"
+)
+
+
+def _add_tune(commands: Commands) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="recommend flush settings for your traffic (simulated, in virtual time)",
+        description="Simulate your traffic through the buffer's own pending store in "
+        "virtual time (seconds of wall time), sweep max_batch_size and flush_interval, and "
+        "print requests/s for the whole fleet, delivery delay (p50/p99/max), collapsed cart "
+        "updates, peak pending events and memory, and the recommended FlushSettings.",
+        epilog="Exit status: 0 a setting meets the limits (recommended), 1 none does (the "
+        "output says which limit and what would meet it), 2 usage error.",
+    )
+    tune.add_argument("--events-per-second", type=_events_per_second, required=True,
+                      metavar="R", help="events/s of the whole shop (all workers together)")
+    tune.add_argument("--cart-share", type=_rate, default=0.3, metavar="F",
+                      help="share of the events that are cart updates (default 0.3)")
+    tune.add_argument("--carts", type=_positive_int, default=None, metavar="N",
+                      help="active carts the updates spread over (default: each cart "
+                      "updated about every 30 s)")
+    tune.add_argument("--workers", type=_positive_int, default=1, metavar="W",
+                      help="processes, each with its own buffer, sharing the traffic "
+                      "(default 1)")
+    tune.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S",
+                      help="p99 delivery delay allowed, in seconds (default 10)")
+    tune.add_argument("--max-requests-per-second", type=_requests_per_second, default=40.0,
+                      metavar="Q", help="the whole fleet's budget for the API key "
+                      "(default 40; Voyado asks for under 50)")
+    tune.add_argument("--request-time", type=_seconds, default=0.05, metavar="SECONDS",
+                      help="how long one request takes, Voyado's answer included "
+                      "(default 0.05)")
+    tune.add_argument("--seed", type=int, default=0, help="random seed of the traffic")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "tune":
+            from ._tune import run_tune
+
+            return run_tune(args)
         if args.command == "fake-server":
             from ._fakeserver import run_fake_server
 
