@@ -52,3 +52,67 @@ async def test_replay_dead_moves_dead_entries_back_to_the_stream(redis_url: str)
         assert await r.xlen(dead_stream("voyado-tracking")) == 0
         (entry,) = await r.xrange("voyado-tracking")
         assert entry[1] == encode_entry(view("sku-1"))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--rate", "fast", "not a number per second"), ("--rate", "0", "must be > 0"),
+     ("--claim-idle", "-1", "must be > 0"), ("--flush-interval", "soon", "not a number"),
+     ("--stats-interval", "nan", "must be > 0")],
+)
+async def test_forward_rejects_a_bad_number_as_a_usage_error(
+    flag: str, value: str, message: str
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "forward", "--redis", "redis://127.0.0.1:1/0",
+        flag, value, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 2
+    assert f"argument {flag}: {message}" in stderr.decode()
+
+
+# -- demo --fleet ----------------------------------------------------------------------------
+
+
+async def run_demo(*args: str, python: tuple[str, ...] = ("-m", "voyado_tracking")
+                   ) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *python, "demo", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_fleet_demo_delivers_through_workers_and_forwarders_and_its_checks_hold(
+    redis_url: str,
+) -> None:
+    code, out, _ = await run_demo(
+        "--fleet", "--redis", redis_url, "--workers", "2", "--shoppers", "10",
+        "--events", "300", "--duration", "1", "--progress", "none",
+    )
+    assert code == 0, out
+    checks = [line for line in out.splitlines() if line.startswith("CHECK")]
+    assert len(checks) == 4
+    assert all(line.startswith("CHECK OK") for line in checks)
+    assert "busiest one-second window at Voyado" in checks[-1]
+    assert "RESULT: OK" in out
+    async with aioredis.from_url(redis_url) as r:
+        assert await r.keys("voyado-tracking-demo-*") == []  # its stream is removed
+
+
+async def test_fleet_demo_without_redis_is_a_usage_error() -> None:
+    code, _, err = await run_demo("--fleet")
+    assert code == 2
+    assert "demo --fleet needs --redis URL" in err
+
+
+async def test_fleet_demo_without_the_redis_extra_names_what_to_install() -> None:
+    block_redis = ("-c", "import sys; sys.modules['redis'] = None; "
+                   "from voyado_tracking.cli import main; sys.exit(main())")
+    code, _, err = await run_demo("--fleet", "--redis", "redis://127.0.0.1:1/0",
+                                  python=block_redis)
+    assert code == 2
+    assert "pip install 'voyado-tracking[redis]'" in err

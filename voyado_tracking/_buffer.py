@@ -26,6 +26,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import logging
 import os
 import warnings
@@ -37,11 +38,11 @@ from typing import Final
 import attrs
 
 from ._client import TrackingClient
-from ._clock import Clock, MonotonicClock
+from ._clock import Clock, MonotonicClock, wait_until
 from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
 from ._eventfile import append_events
 from ._journal import Journal, Journaling
-from ._lifecycle import AsyncClosing
+from ._lifecycle import AsyncClosing, call_threadsafe
 from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
@@ -217,18 +218,7 @@ class TrackingBuffer(AsyncClosing):
             )
         if self._state is not _State.OPEN:
             raise BufferClosedError("the buffer is closed")
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def enqueue_in_loop() -> None:
-            try:
-                self.enqueue(event)
-            except BaseException as error:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-        loop.call_soon_threadsafe(enqueue_in_loop)
-        return future
+        return call_threadsafe(loop, functools.partial(self.enqueue, event))
 
     async def put(self, event: Event, timeout: float | None = None) -> None:
         """Queue an event, waiting while the buffer is full (for bulk producers).
@@ -424,21 +414,12 @@ class TrackingBuffer(AsyncClosing):
 
     async def _wait_until(self, condition: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until *condition* holds; False if *timeout* seconds pass first."""
-        deadline = None if timeout is None else self._clock.now() + timeout
-        progress = self._progress
-        while not condition():
-            if self._state is _State.OPEN:
-                self._sender.start()  # after a crash, before its restart ran
-            progress.clear()
-            if deadline is None:
-                await progress.wait()
-                continue
-            remaining = deadline - self._clock.now()
-            if remaining <= 0:
-                return False
-            if not await self._clock.wait(progress, remaining) and not condition():
-                return False
-        return True
+        return await wait_until(self._clock, self._progress, condition, timeout,
+                                before_wait=self._restart_sender)
+
+    def _restart_sender(self) -> None:
+        if self._state is _State.OPEN:
+            self._sender.start()  # after a crash, before its restart ran
 
     def _notify(self) -> None:
         self._progress.set()

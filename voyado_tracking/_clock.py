@@ -59,13 +59,18 @@ async def wait_until(
     progress: asyncio.Event,
     condition: Callable[[], bool],
     timeout: float | None,
+    *,
+    before_wait: Callable[[], None] | None = None,
 ) -> bool:
     """Wait until *condition* holds, re-checking whenever *progress* is set.
 
-    False if *timeout* seconds (``None``: no limit) pass first.
+    False if *timeout* seconds (``None``: no limit) pass first. *before_wait* is called each
+    time the condition does not hold yet, before waiting.
     """
     deadline = None if timeout is None else clock.now() + timeout
     while not condition():
+        if before_wait is not None:
+            before_wait()
         progress.clear()
         if deadline is None:
             await progress.wait()

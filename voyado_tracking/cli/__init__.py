@@ -29,11 +29,22 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from .._version import __version__
-from ._common import EXIT_FAILED, EXIT_USAGE, PROG, UsageError
+from ._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROG,
+    UsageError,
+    bounded_float,
+    non_negative,
+    per_second,
+    positive_int,
+    probability,
+    seconds,
+)
 from ._forward import add_forward, run_forward
 from ._progress import configure_logging, progress_mode
 from ._send import run_send
@@ -45,38 +56,6 @@ MAX_TUNE_RATE = 100_000
 
 
 # -- argument parsing --------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _bounded_float(
-    what: str, accept: Callable[[float], bool], bounds: str
-) -> Callable[[str], float]:
-    """An argparse type for a float that *accept* allows (``bounds`` says which)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-        return value
-
-    return parse
-
-
-_seconds = _bounded_float("a number of seconds", lambda v: 0 < v < float("inf"), "> 0")
-_non_negative = _bounded_float("a number", lambda v: 0 <= v < float("inf"), ">= 0")
-_rate = _bounded_float("a probability", lambda v: 0 <= v <= 1, "between 0 and 1")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,26 +94,48 @@ def _add_demo(commands: Commands, progress: argparse.ArgumentParser) -> None:
         "faults, then report and CHECK that Voyado holds the latest update of every cart and "
         "every product view. Exit 0 only if the checks hold.",
     )
-    demo.add_argument("--shoppers", type=_positive_int, default=300,
+    demo.add_argument("--shoppers", type=positive_int, default=300,
                       help="concurrent shoppers (default 300)")
-    demo.add_argument("--events", type=_positive_int, default=15_000,
+    demo.add_argument("--events", type=positive_int, default=15_000,
                       help="stop after this many events (default 15000)")
-    demo.add_argument("--duration", type=_seconds, default=8.0,
+    demo.add_argument("--duration", type=seconds, default=8.0,
                       help="spread the traffic over about this many seconds, and stop "
                       "after them (default 8)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    demo.add_argument("--batch-size", type=_positive_int, default=500,
+    demo.add_argument("--batch-size", type=positive_int, default=500,
                       help="FlushSettings.max_batch_size (default 500)")
-    demo.add_argument("--flush-interval", type=_seconds, default=0.5,
+    demo.add_argument("--flush-interval", type=seconds, default=0.5,
                       help="FlushSettings.flush_interval in seconds (default 0.5)")
     demo.add_argument("--no-chaos", dest="chaos", action="store_false",
                       help="no injected faults")
-    demo.add_argument("--error-rate", type=_rate, default=0.08,
+    demo.add_argument("--error-rate", type=probability, default=0.08,
                       help="share of requests answered 5xx (default 0.08)")
-    demo.add_argument("--rate-limit-rate", type=_rate, default=0.04,
+    demo.add_argument("--rate-limit-rate", type=probability, default=0.04,
                       help="share of requests answered 429 + Retry-After (default 0.04)")
-    demo.add_argument("--drop-rate", type=_rate, default=0.02,
+    demo.add_argument("--drop-rate", type=probability, default=0.02,
                       help="share of connections dropped without an answer (default 0.02)")
+    _add_fleet_demo_options(demo)
+
+
+def _add_fleet_demo_options(demo: argparse.ArgumentParser) -> None:
+    fleet = demo.add_argument_group(
+        "fleet mode", "with --fleet, worker processes enqueue the traffic into RedisOutbox "
+        "instances and forwarders deliver the stream through one shared RedisRateLimiter "
+        "(needs the redis extra: pip install 'voyado-tracking[redis]')",
+    )
+    fleet.add_argument("--fleet", action="store_true",
+                       help="run the traffic through a fleet on Redis Streams")
+    fleet.add_argument("--redis", metavar="URL",
+                       help="the Redis the fleet shares, e.g. redis://localhost:6379/0 "
+                       "(the demo writes a stream of its own and removes it at the end)")
+    fleet.add_argument("--workers", type=positive_int, default=4,
+                       help="worker processes, each taking its share of the events "
+                       "(default 4)")
+    fleet.add_argument("--forwarders", type=positive_int, default=2,
+                       help="forwarders delivering the stream (default 2)")
+    fleet.add_argument("--rate", type=per_second, default=10.0,
+                       help="requests/s the forwarders share; the fake refuses requests a "
+                       "little above it (default 10)")
 
 
 def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
@@ -155,7 +156,7 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
                       help="instead of a file: deliver what the journal directory DIR holds "
                       "(files of processes that are gone), e.g. on a host that will not run "
                       "the app again")
-    send.add_argument("--max-age", type=_seconds, default=86_400.0,
+    send.add_argument("--max-age", type=seconds, default=86_400.0,
                       help="with --journal: drop events journaled more than this many "
                       "seconds ago (default 86400)")
     send.add_argument("--base-url", help="e.g. https://<tenant>.voyado.com "
@@ -163,13 +164,13 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
     send.add_argument("--api-key", help="Voyado API key (default: $VOYADO_API_KEY)")
     send.add_argument("--user-agent", default=f"VoyadoTrackingCli/{__version__}",
                       help="User-Agent sent to Voyado, as System/Version")
-    send.add_argument("--batch-size", type=_positive_int, default=500,
+    send.add_argument("--batch-size", type=positive_int, default=500,
                       help="events per request (default 500)")
-    send.add_argument("--timeout", type=_seconds, default=10.0,
+    send.add_argument("--timeout", type=seconds, default=10.0,
                       help="seconds per request (default 10)")
-    send.add_argument("--retry-for", type=_seconds, default=120.0,
+    send.add_argument("--retry-for", type=seconds, default=120.0,
                       help="give up on a batch after retrying this many seconds (default 120)")
-    send.add_argument("--max-rps", type=_non_negative, default=40.0,
+    send.add_argument("--max-rps", type=non_negative, default=40.0,
                       help="client-side request rate limit, 0 for none (default 40)")
     send.add_argument("--spool", metavar="FILE",
                       help="append undelivered events to FILE (JSON Lines, replayable "
@@ -193,18 +194,18 @@ def _add_fake_server(commands: Commands) -> None:
                       help="the key the fake accepts (default test-api-key)")
     fake.add_argument("--public", action="store_true",
                       help="allow a --host that is not a loopback address")
-    fake.add_argument("--latency", type=_non_negative, default=0.0,
+    fake.add_argument("--latency", type=non_negative, default=0.0,
                       help="seconds added to every answer (default 0)")
-    fake.add_argument("--error-rate", type=_rate, default=0.0,
+    fake.add_argument("--error-rate", type=probability, default=0.0,
                       help="share of requests answered 5xx")
-    fake.add_argument("--rate-limit-rate", type=_rate, default=0.0,
+    fake.add_argument("--rate-limit-rate", type=probability, default=0.0,
                       help="share of requests answered 429")
-    fake.add_argument("--retry-after", type=_non_negative, default=1.0,
+    fake.add_argument("--retry-after", type=non_negative, default=1.0,
                       help="Retry-After of the injected 429s, in seconds (default 1)")
-    fake.add_argument("--drop-rate", type=_rate, default=0.0,
+    fake.add_argument("--drop-rate", type=probability, default=0.0,
                       help="share of connections dropped without an answer")
     fake.add_argument("--seed", type=int, default=0, help="random seed of the faults")
-    fake.add_argument("--rate-limit", type=_positive_int, default=None, metavar="N",
+    fake.add_argument("--rate-limit", type=positive_int, default=None, metavar="N",
                       help="answer 429 + Retry-After to requests beyond N in any one-second "
                       "window, like Voyado's per-key limit (default: no limit)")
     fake.add_argument("--dump", metavar="FILE",
@@ -212,11 +213,11 @@ def _add_fake_server(commands: Commands) -> None:
                       "as JSON: the same data as GET /_fake/state while it runs")
 
 
-_events_per_second = _bounded_float(
+_events_per_second = bounded_float(
     "a number of events per second", lambda v: 0 < v <= MAX_TUNE_RATE,
     f"> 0 and at most {MAX_TUNE_RATE:,} (more never fits one API key's budget)",
 )
-_requests_per_second = _bounded_float(
+_requests_per_second = bounded_float(
     "a number of requests per second", lambda v: 0 < v < float("inf"), "> 0"
 )
 
@@ -234,23 +235,35 @@ def _add_tune(commands: Commands) -> None:
     )
     tune.add_argument("--events-per-second", type=_events_per_second, required=True,
                       metavar="R", help="events/s of the whole shop (all workers together)")
-    tune.add_argument("--cart-share", type=_rate, default=0.3, metavar="F",
+    tune.add_argument("--cart-share", type=probability, default=0.3, metavar="F",
                       help="share of the events that are cart updates (default 0.3)")
-    tune.add_argument("--carts", type=_positive_int, default=None, metavar="N",
+    tune.add_argument("--carts", type=positive_int, default=None, metavar="N",
                       help="active carts the updates spread over (default: each cart "
                       "updated about every 30 s)")
-    tune.add_argument("--workers", type=_positive_int, default=1, metavar="W",
+    tune.add_argument("--workers", type=positive_int, default=1, metavar="W",
                       help="processes, each with its own buffer, sharing the traffic "
                       "(default 1)")
-    tune.add_argument("--max-delay", type=_seconds, default=10.0, metavar="S",
+    tune.add_argument("--max-delay", type=seconds, default=10.0, metavar="S",
                       help="p99 delivery delay allowed, in seconds (default 10)")
     tune.add_argument("--max-requests-per-second", type=_requests_per_second, default=40.0,
                       metavar="Q", help="the whole fleet's budget for the API key "
                       "(default 40; Voyado asks for under 50)")
-    tune.add_argument("--request-time", type=_seconds, default=0.05, metavar="SECONDS",
+    tune.add_argument("--request-time", type=seconds, default=0.05, metavar="SECONDS",
                       help="how long one request takes, Voyado's answer included "
                       "(default 0.05)")
     tune.add_argument("--seed", type=int, default=0, help="random seed of the traffic")
+
+
+def _run_demo(args: argparse.Namespace, mode: str) -> int:
+    if args.fleet:
+        from ._fleetdemo import run_fleet_demo
+
+        return asyncio.run(run_fleet_demo(args, mode))
+    if args.redis is not None:
+        raise UsageError("--redis only applies to demo --fleet")
+    from ._demo import run_demo
+
+    return asyncio.run(run_demo(args, mode))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,9 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_level = logging.ERROR if args.command == "demo" else logging.WARNING
         configure_logging(mode, logging.INFO if args.verbose else default_level)
         if args.command == "demo":
-            from ._demo import run_demo
-
-            return asyncio.run(run_demo(args, mode))
+            return _run_demo(args, mode)
         return asyncio.run(run_send(args, mode))
     except UsageError as error:
         parser.exit(EXIT_USAGE, f"{PROG}: error: {error}\n")

@@ -1,12 +1,29 @@
-"""What the commands of the CLI share: its name, exit statuses, the usage error, signals."""
+"""What the commands of the CLI share: its name, exit statuses, the usage error, signals,
+and the argparse types of its options (a bad value is a usage error naming the option)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from typing import Final
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "PROG",
+    "UsageError",
+    "bounded_float",
+    "non_negative",
+    "on_interrupt",
+    "per_second",
+    "positive_int",
+    "probability",
+    "seconds",
+]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -32,3 +49,39 @@ def on_interrupt(handler: Callable[[], None]) -> Iterator[None]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+# -- argparse types --------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def bounded_float(
+    what: str, accept: Callable[[float], bool], bounds: str
+) -> Callable[[str], float]:
+    """An argparse type for a float that *accept* allows (``bounds`` says which)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+seconds = bounded_float("a number of seconds", lambda v: 0 < v < float("inf"), "> 0")
+per_second = bounded_float("a number per second", lambda v: 0 < v < float("inf"), "> 0")
+non_negative = bounded_float("a number", lambda v: 0 <= v < float("inf"), ">= 0")
+probability = bounded_float("a probability", lambda v: 0 <= v <= 1, "between 0 and 1")

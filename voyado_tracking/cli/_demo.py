@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import attrs
 
@@ -24,19 +24,28 @@ from ..testing import Chaos, FakeVoyado, latest_carts, shop_traffic
 from ._common import EXIT_FAILED, EXIT_OK, PROG
 from ._progress import progress, stats_text
 
-__all__ = ["run_demo"]
+__all__ = [
+    "Timing",
+    "check_delivery",
+    "flush_settings",
+    "paced",
+    "report",
+    "run_demo",
+    "schedule",
+    "verdict",
+]
 
 # The pacing loop gives the event loop a turn (and sleeps if ahead) every this many events.
 _PACE_EVERY = 64
 
 
 @attrs.frozen
-class _Timing:
+class Timing:
     traffic: float  # seconds from the first event to the last one enqueued
     drain: float  # seconds the buffer took to deliver the rest after that
 
 
-def _flush_settings(args: argparse.Namespace) -> FlushSettings:
+def flush_settings(args: argparse.Namespace) -> FlushSettings:
     return FlushSettings(
         max_batch_size=args.batch_size,
         flush_interval=args.flush_interval,
@@ -48,9 +57,30 @@ def _flush_settings(args: argparse.Namespace) -> FlushSettings:
     )
 
 
+def schedule(events: Sequence[Event], duration: float) -> Callable[[Event], float]:
+    """When to enqueue an event of *events*, in seconds from the start: the traffic's spread
+    in event time, scaled to about *duration* seconds."""
+    if not events:
+        return lambda event: 0.0
+    first = events[0].time
+    span = (events[-1].time - first).total_seconds()
+    scale = duration / span if span > 0 else 0.0
+    return lambda event: (event.time - first).total_seconds() * scale
+
+
+async def paced(
+    events: Sequence[Event], due: Callable[[Event], float], started: float
+) -> AsyncIterator[Event]:
+    """*events*, each one once its ``due`` time after *started* (``time.monotonic``) came."""
+    for n, event in enumerate(events):
+        if n % _PACE_EVERY == 0:
+            await asyncio.sleep(max(0.0, started + due(event) - time.monotonic()))
+        yield event
+
+
 async def _play(
     events: Sequence[Event], buffer: TrackingBuffer, args: argparse.Namespace, mode: str
-) -> _Timing:
+) -> Timing:
     """Enqueue *events* spread over about ``args.duration`` seconds as their times are spread, then
     close the buffer (which delivers the rest)."""
     enqueued = 0
@@ -58,22 +88,17 @@ async def _play(
     def poll() -> tuple[int, int | None, str]:
         return enqueued, len(events), f"enqueued {enqueued}  {stats_text(buffer.stats)}"
 
-    first = events[0].time if events else None
-    span = (events[-1].time - events[0].time).total_seconds() if events else 0.0
-    scale = args.duration / span if span > 0 else 0.0
     started = time.monotonic()
     async with progress(mode, "shop traffic", poll, 1.0):
-        for enqueued, event in enumerate(events, 1):
-            if enqueued % _PACE_EVERY == 1 and first is not None:
-                due = started + (event.time - first).total_seconds() * scale
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        async for event in paced(events, schedule(events, args.duration), started):
             buffer.enqueue(event)
+            enqueued += 1
         traffic_done = time.monotonic()
-        await buffer.aclose(timeout=_flush_settings(args).shutdown_timeout)
-    return _Timing(traffic_done - started, time.monotonic() - traffic_done)
+        await buffer.aclose(timeout=flush_settings(args).shutdown_timeout)
+    return Timing(traffic_done - started, time.monotonic() - traffic_done)
 
 
-def _check_delivery(
+def check_delivery(
     fake: FakeVoyado, events: Sequence[Event], stats: BufferStats
 ) -> list[tuple[bool, str]]:
     """The demo's CHECK lines: (holds, description)."""
@@ -99,8 +124,9 @@ def _check_delivery(
     ]
 
 
-def _report(
-    events: Sequence[Event], stats: BufferStats, fake: FakeVoyado, timing: _Timing
+def report(
+    events: Sequence[Event], stats: BufferStats, fake: FakeVoyado, timing: Timing,
+    *, sink: str = "buffer",
 ) -> str:
     carts = latest_carts(events)
     cart_updates = sum(1 for e in events if isinstance(e, Cart))
@@ -115,7 +141,7 @@ def _report(
         f"product views, {cart_updates} cart updates",
         f"{pad}({len(carts)} carts: {open_carts} abandoned with items, "
         f"{len(carts) - open_carts} checked out or emptied)",
-        f"  cart updates collapsed   {stats.collapsed:>8}  superseded in the buffer "
+        f"  cart updates collapsed   {stats.collapsed:>8}  superseded in the {sink} "
         "before sending",
         f"  events sent              {stats.sent:>8}",
         f"  requests sent            {stats.requests:>8}  faults injected: {faults or 'none'}",
@@ -123,7 +149,7 @@ def _report(
         f"  dropped / dead-lettered  {stats.dropped:>4} / {stats.dead_lettered}",
         f"  events/s                 {stats.enqueued / traffic_time:>8.0f}  enqueued "
         f"over {traffic_time:.1f} s of traffic",
-        f"{pad}(buffer drained {timing.drain:.2f} s after the traffic ended)",
+        f"{pad}({sink} drained {timing.drain:.2f} s after the traffic ended)",
         "",
     ])
 
@@ -146,11 +172,16 @@ async def run_demo(args: argparse.Namespace, mode: str) -> int:
             flush=True,
         )
         async with client:
-            buffer = TrackingBuffer(client, _flush_settings(args))
+            buffer = TrackingBuffer(client, flush_settings(args))
             timing = await _play(events, buffer, args, mode)
         stats = buffer.stats
-        checks = _check_delivery(fake, events, stats)
-        print(_report(events, stats, fake, timing))
+        checks = check_delivery(fake, events, stats)
+        print(report(events, stats, fake, timing))
+    return verdict(checks)
+
+
+def verdict(checks: Sequence[tuple[bool, str]]) -> int:
+    """Print the CHECK lines and the RESULT; the exit status."""
     for holds, text in checks:
         print(f"CHECK {'OK  ' if holds else 'FAIL'} {text}")
     ok = all(holds for holds, _ in checks)

@@ -16,7 +16,7 @@ import sys
 
 from .._client import TrackingClient
 from .._settings import FlushSettings
-from ._common import EXIT_OK, UsageError, on_interrupt
+from ._common import EXIT_OK, UsageError, on_interrupt, per_second, seconds
 
 
 def _environment() -> tuple[str, str]:
@@ -93,13 +93,13 @@ def add_forward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                          help="consumer group (default voyado-tracking)")
     forward.add_argument("--consumer", default=None,
                          help="consumer name (default: host, pid and a random suffix)")
-    forward.add_argument("--rate", type=float, default=40.0,
+    forward.add_argument("--rate", type=per_second, default=40.0,
                          help="requests/s for the whole fleet, shared through Redis (default 40)")
-    forward.add_argument("--claim-idle", type=float, default=60.0,
+    forward.add_argument("--claim-idle", type=seconds, default=60.0,
                          help="take over entries idle this many seconds (default 60)")
-    forward.add_argument("--flush-interval", type=float, default=1.0,
+    forward.add_argument("--flush-interval", type=seconds, default=1.0,
                          help="seconds a partial batch may wait (default 1)")
-    forward.add_argument("--stats-interval", type=float, default=10.0,
+    forward.add_argument("--stats-interval", type=seconds, default=10.0,
                          help="seconds between stats lines on stderr (default 10)")
     forward.add_argument("--replay-dead", action="store_true",
                          help="move <stream>:dead back to the stream for another try, and exit")

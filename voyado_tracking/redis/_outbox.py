@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import attrs
 from .._clock import Clock, MonotonicClock, wait_until
 from .._errors import BufferClosedError, BufferFullError
 from .._eventfile import append_events
-from .._lifecycle import AsyncClosing
+from .._lifecycle import AsyncClosing, call_threadsafe
 from .._losslog import LossLog
 from .._models import Cart, ProductView
 from .._retry import RetryPolicy
@@ -142,18 +143,7 @@ class RedisOutbox(AsyncClosing):
             raise BufferClosedError("the outbox is closed") if self._loop else RuntimeError(
                 "the outbox is not bound to an event loop yet: use it once inside its loop"
             )
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                self.enqueue(event)
-            except BaseException as error:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-        self._loop.call_soon_threadsafe(run)
-        return future
+        return call_threadsafe(self._loop, functools.partial(self.enqueue, event))
 
     async def put(self, event: Event, timeout: float | None = None) -> None:
         """Queue an event, waiting while the outbox is full; BufferFullError after *timeout*."""

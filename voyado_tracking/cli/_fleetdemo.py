@@ -1,0 +1,294 @@
+"""``voyado-tracking demo --fleet --redis URL``: the demo's shop traffic through a fleet.
+
+Worker processes (``--workers``) each take every N-th event of the seeded traffic (worker
+``i`` the events ``i, i + N, ...``, so the updates of one cart come from several workers, out
+of order) and enqueue them into a :class:`RedisOutbox`, paced as the plain demo paces them.
+Forwarders (``--forwarders``, tasks of this process, each with its own client) deliver the
+stream to an in-process FakeVoyado through one :class:`RedisRateLimiter` of ``--rate``
+requests/s, while the fake injects faults and, like Voyado's per-key limit, refuses requests
+a little above that rate. Then the plain demo's report and checks, plus one: the busiest
+second at the fake stayed within the shared rate + 1.
+
+The run writes a stream of its own (removed at the end), never a fleet's. A worker gets its
+settings, the Redis URL included, on stdin (never on its command line), answers ``ready``
+on stdout, starts on ``go``, then prints its counters as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .. import BufferStats, TrackingClient
+from .. import __version__ as version
+from .._wire import Event
+from ..testing import Chaos, FakeVoyado, shop_traffic
+from ._common import EXIT_FAILED, PROG, UsageError
+from ._demo import Timing, check_delivery, flush_settings, paced, report, schedule, verdict
+from ._progress import progress, stats_text
+
+__all__ = ["run_fleet_demo"]
+
+_REPORT_EVERY = 0.2  # seconds between a worker's progress lines
+
+
+# -- the parent: workers, forwarders, checks ---------------------------------------------------
+
+
+async def run_fleet_demo(args: argparse.Namespace, mode: str) -> int:
+    """The ``demo --fleet`` command; returns the exit status."""
+    if args.redis is None:
+        raise UsageError("demo --fleet needs --redis URL: the Redis the fleet shares, "
+                         "e.g. --redis redis://localhost:6379/0")
+    try:
+        from ..redis._stream import connect
+    except ImportError as error:  # it names the extra: pip install 'voyado-tracking[redis]'
+        raise UsageError(str(error)) from None
+    try:
+        redis, _ = connect(args.redis)
+    except ValueError as error:
+        raise UsageError(f"--redis: {error}") from None
+    stream = f"{PROG}-demo-{secrets.token_hex(4)}"
+    try:
+        await _ping(redis)
+        return await _demo(args, mode, stream)
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.delete(stream, f"{stream}:dead")
+        await redis.aclose()
+
+
+async def _ping(redis: Any) -> None:
+    try:
+        await asyncio.wait_for(redis.ping(), 5.0)
+    except Exception as error:  # the URL may hold a password: never echo it
+        raise UsageError(f"cannot reach Redis (--redis): {type(error).__name__}: {error}"
+                         ) from None
+
+
+async def _demo(args: argparse.Namespace, mode: str, stream: str) -> int:
+    events = shop_traffic(args.seed, events=args.events, shoppers=args.shoppers)
+    async with FakeVoyado(rate_limit=math.ceil(args.rate) + 2) as fake:
+        if args.chaos:
+            fake.chaos(Chaos(seed=args.seed, error_rate=args.error_rate,
+                             rate_limit_rate=args.rate_limit_rate, retry_after=0.05,
+                             drop_rate=args.drop_rate))
+        print(
+            f"{PROG} demo --fleet: {args.workers} workers and {args.forwarders} forwarders "
+            f"sharing {args.rate:g} requests/s, {args.shoppers} shoppers, {args.events} "
+            f"events (seed {args.seed}) over ~{args.duration:g} s, through stream {stream} "
+            f"to FakeVoyado at {fake.url} (its limit: {fake.rate_limit} requests/s)"
+            + (" with injected faults" if args.chaos else ""),
+            flush=True,
+        )
+        stats, timing, claimed = await _run_fleet(args, mode, stream, fake, len(events))
+        busiest = fake.max_requests_in_any_window()
+        checks = [
+            *check_delivery(fake, events, stats),
+            (busiest <= args.rate + 1,
+             f"busiest one-second window at Voyado: {busiest} requests, within the shared "
+             f"rate {args.rate:g} + 1"),
+        ]
+        print(report(events, stats, fake, timing, sink="fleet"))
+        print(f"  workers / forwarders     {args.workers:>4} / {args.forwarders}  "
+              f"({claimed} entries claimed from a stopped forwarder)\n")
+    return verdict(checks)
+
+
+async def _run_fleet(
+    args: argparse.Namespace, mode: str, stream: str, fake: FakeVoyado, total: int
+) -> tuple[BufferStats, Timing, int]:
+    """Start the forwarders and workers, play the traffic, drain; the fleet's counters."""
+    from ..redis import Forwarder, RedisRateLimiter
+
+    settings = flush_settings(args)
+    limiter = RedisRateLimiter(args.redis, rate=args.rate)
+    workers = _Workers(args, stream)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(limiter.aclose)
+        forwarders = []
+        for _ in range(args.forwarders):
+            client = await stack.enter_async_context(TrackingClient(
+                fake.url, fake.api_key, user_agent=f"VoyadoTrackingDemo/{version}",
+                timeout=5.0, rate_limiter=limiter,
+            ))
+            forwarders.append(await stack.enter_async_context(
+                Forwarder(client, args.redis, settings, stream=stream)))
+        stack.push_async_callback(workers.stop)
+        await workers.start()
+
+        def poll() -> tuple[int, int | None, str]:
+            done = workers.enqueued()
+            return done, total, f"enqueued {done}  {stats_text(_sum(f.stats for f in forwarders))}"
+
+        async with progress(mode, "fleet traffic", poll, 1.0):
+            started = time.monotonic()
+            outboxes = await workers.play()
+            traffic_done = time.monotonic()
+            with contextlib.suppress(TimeoutError):  # the checks tell what is left
+                await forwarders[0].flush(timeout=settings.shutdown_timeout)
+            for forwarder in forwarders:
+                await forwarder.aclose()
+        drained = time.monotonic()
+    left = await _left_in_stream(args.redis, stream)
+    stats = _fleet_stats([f.stats for f in forwarders], outboxes, left)
+    timing = Timing(traffic_done - started, drained - traffic_done)
+    return stats, timing, sum(f.stats.claimed for f in forwarders)
+
+
+async def _left_in_stream(redis_url: str, stream: str) -> int:
+    from ..redis._stream import connect
+
+    redis, _ = connect(redis_url)
+    try:
+        return int(await redis.xlen(stream))
+    finally:
+        await redis.aclose()
+
+
+def _sum(stats: Any) -> BufferStats:
+    """The counters of several forwarders, added up (the delay figures, which do not add
+    up, are left at their defaults)."""
+    snapshots = list(stats)
+    return BufferStats(**{
+        field.name: sum(getattr(s, field.name) for s in snapshots)
+        for field in attrs.fields(BufferStats)
+        if field.type in (int, "int")
+    })
+
+
+def _fleet_stats(
+    forwarders: Sequence[BufferStats], outboxes: Sequence[dict[str, int]], left: int
+) -> BufferStats:
+    """The fleet as one buffer: events enqueued by the workers, collapsed or dropped in
+    outboxes or forwarders, sent by the forwarders; "spooled" counts all left behind:
+    spooled or unwritten by a worker, released by a forwarder, or left in the stream."""
+    total = _sum(forwarders)
+
+    def outbox(name: str) -> int:
+        return sum(o.get(name, 0) for o in outboxes)
+
+    return attrs.evolve(
+        total,
+        enqueued=outbox("enqueued"),
+        collapsed=total.collapsed + outbox("collapsed"),
+        dropped=total.dropped + outbox("dropped"),
+        spooled=total.spooled + outbox("spooled") + outbox("pending") + left,
+    )
+
+
+class _Workers:
+    """The worker processes: started, released together, their last counters read."""
+
+    def __init__(self, args: argparse.Namespace, stream: str) -> None:
+        self._config = {
+            "redis": args.redis, "stream": stream, "workers": args.workers, "seed": args.seed,
+            "events": args.events, "shoppers": args.shoppers, "duration": args.duration,
+        }
+        self._count, self._events = args.workers, args.events
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._latest: list[dict[str, int]] = []
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has its events ready."""
+        for worker in range(self._count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({**self._config, "worker": worker}).encode() + b"\n")
+            self._procs.append(proc)
+            self._latest.append({})
+        for proc in self._procs:
+            assert proc.stdout is not None
+            if await proc.stdout.readline() != b"ready\n":
+                raise UsageError("a worker process of the fleet demo did not start "
+                                 "(its error is above)")
+
+    def enqueued(self) -> int:
+        return sum(latest.get("enqueued", 0) for latest in self._latest)
+
+    async def play(self) -> list[dict[str, int]]:
+        """Release the workers together; each one's final counters once all have exited."""
+        for proc in self._procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        await asyncio.gather(*(self._follow(n) for n in range(self._count)))
+        for n, proc in enumerate(self._procs):
+            if await proc.wait() != 0 or not self._latest[n].get("final"):
+                print(f"{PROG}: worker {n} exited with status {proc.returncode}",
+                      file=sys.stderr)
+                # What it did not report as written to Redis counts as left behind.
+                unwritten = len(range(n, self._events, self._count))
+                self._latest[n] = {"enqueued": unwritten, "pending": unwritten}
+        return self._latest
+
+    async def _follow(self, n: int) -> None:
+        stdout = self._procs[n].stdout
+        assert stdout is not None
+        async for line in stdout:
+            with contextlib.suppress(ValueError):
+                self._latest[n] = json.loads(line)
+
+    async def stop(self) -> None:
+        """End workers still running (after an error or Ctrl-C)."""
+        for proc in self._procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+# -- a worker process ----------------------------------------------------------------------------
+
+
+async def _work(config: dict[str, Any], events: Sequence[Event]) -> None:
+    from ..redis import RedisOutbox
+
+    due = schedule(events, config["duration"])
+    share = events[config["worker"]::config["workers"]]
+    outbox = RedisOutbox(config["redis"], stream=config["stream"],
+                         max_pending=max(50_000, len(share)))
+
+    def report(final: bool = False) -> None:
+        print(json.dumps({**attrs.asdict(outbox.stats), "final": final}), flush=True)
+
+    async def keep_reporting() -> None:
+        while True:
+            await asyncio.sleep(_REPORT_EVERY)
+            report()
+
+    reporter = asyncio.get_running_loop().create_task(keep_reporting())
+    try:
+        async with outbox:
+            async for event in paced(share, due, time.monotonic()):
+                outbox.enqueue(event)
+    finally:
+        reporter.cancel()
+    report(final=True)
+
+
+def _worker_main() -> int:
+    config = json.loads(sys.stdin.readline())
+    events = shop_traffic(config["seed"], events=config["events"], shoppers=config["shoppers"])
+    print("ready", flush=True)
+    if sys.stdin.readline() != "go\n":
+        return EXIT_FAILED  # the demo stopped before the traffic began
+    asyncio.run(_work(config, events))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
