@@ -6,9 +6,11 @@ Split the way aiokafka splits its producer:
   overflow and the event accounting;
 - :class:`~voyado_tracking._sender.Sender` (owns the I/O tasks): due batches to requests,
   retries, bisection;
+- :class:`~voyado_tracking._endings.Endings`: where events end when they are not sent (dead
+  letters, drops, the spool, what the journal keeps);
 - :class:`TrackingBuffer` (this module, the facade): binds to one event loop, checks what is
   enqueued, starts the sender lazily, and runs the bounded shutdown (drain, stop the sender,
-  then spool or count as dropped). Its lifecycle is one :class:`_State`.
+  then keep, spool or count as dropped). Its lifecycle is one :class:`_State`.
 
 Accounting invariant (checked by the tests): every event ``enqueued`` ends up exactly once as
 ``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is still pending
