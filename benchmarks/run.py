@@ -257,6 +257,18 @@ OURS: list[tuple[str, str, str, str, bool]] = [
     ("memory per buffered view, bytes", "memory", "voyado", "bytes_per_event", False),
     ("single awaited call, ms", "latency", "voyado", "ms", False),
     ("event-loop lag while flushing, max ms", "looplag", "voyado", "max_ms", False),
+    ("journal on: caller cost of `enqueue()`, µs", "journal", "enqueue-on", "us_per_call", False),
+    ("journal on: delivered events/s, built in the loop", "journal", "throughput-on",
+     "events_per_s", True),
+    ("journal recovery (10 N views): delivered events/s", "journal", "recovery", "events_per_s",
+     True),
+]
+# Journal on against off, within one tree: (metric, on, off, higher is better, target).
+JOURNAL_RATIOS: list[tuple[str, tuple[str, str, str], tuple[str, str, str], float]] = [
+    ("journal on/off: caller cost of `enqueue()`", ("journal", "enqueue-on", "us_per_call"),
+     ("caller", "voyado-enqueue", "us_per_call"), 1.5),
+    ("journal on/off: delivered events/s", ("journal", "throughput-on", "events_per_s"),
+     ("throughput", "voyado", "events_per_s"), 0.5),
 ]
 
 
@@ -283,7 +295,25 @@ def baseline_table(results: Results) -> str:
             verdict = "worse beyond spread" if worse_by > worst else "within spread or better"
         lines.append(f"| {metric} | {cell(before)} | {cell(after)} | {ratio_text} | "
                      f"{spread_text} | {verdict} |")
+    lines += ["", "| ratio (medians; per-round range) | before | after | target |",
+              "| --- | --- | --- | --- |"]
+    for metric, on, off, target in JOURNAL_RATIOS:
+        cells = [_round_ratios(results, on, off, prefix) for prefix in ("before:", "")]
+        bound = f"≤ {target:g}x" if on[2] == "us_per_call" else f"≥ {target:g}x"
+        lines.append(f"| {metric} | {cells[0]} | {cells[1]} | {bound} |")
     return "\n".join(lines)
+
+
+def _round_ratios(results: Results, on: tuple[str, str, str], off: tuple[str, str, str],
+                  prefix: str) -> str:
+    """on/off as a ratio of medians, with the range of the per-round ratios."""
+    a = results.samples(on[0], prefix + on[1], on[2])
+    b = results.samples(off[0], prefix + off[1], off[2])
+    if isinstance(a, str) or isinstance(b, str):
+        return "n/a"
+    ratio = statistics.median(a) / statistics.median(b)
+    rounds = [x / y for x, y in zip(a, b, strict=False)]
+    return f"{ratio:.3g}x ({min(rounds):.3g}{EN_DASH}{max(rounds):.3g})"
 
 
 def machine_facts(n: int, rounds: int) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,98 @@ def test_journal_settings_are_validated(tmp_path: Path) -> None:
         vt.Journal(tmp_path, max_bytes=10)
     with pytest.raises(TypeError, match="directory"):
         vt.Journal(3)  # type: ignore[arg-type]
+
+
+_UNCLOSED = """
+import asyncio, sys, voyado_tracking as vt
+buffers = []
+
+async def main(commit):
+    client = vt.TrackingClient("http://127.0.0.1:9", "k")
+    buffer = vt.TrackingBuffer(client, vt.FlushSettings(flush_interval=3600),
+                               journal=vt.Journal(sys.argv[1], commit_interval=3600))
+    await buffer.flush()  # recovery is over: nothing else wakes the writer early
+    if not commit:
+        buffer._journal._writer.wake = lambda: None
+    for i in range(3):
+        buffer.enqueue(vt.ProductView(f"p{i}", "3fa85f64-5717-4562-b3fc-2c963f66afa6"))
+    if commit:
+        await buffer.sync()
+    buffers.append(buffer)  # kept alive, never closed, until the interpreter exits
+
+asyncio.run(main(sys.argv[2] == "commit"))
+"""
+
+
+def exit_unclosed(directory: Path, commit: bool) -> str:
+    """stderr of a process that exits holding 3 journaled views in a buffer never closed."""
+    done = subprocess.run(
+        [sys.executable, "-c", _UNCLOSED, str(directory), "commit" if commit else "no"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "never closed" in done.stderr
+    assert "3 undelivered events" in done.stderr
+    return done.stderr
+
+
+def test_a_never_closed_buffer_says_its_committed_events_stay_in_the_journal(
+    tmp_path: Path,
+) -> None:
+    stderr = exit_unclosed(tmp_path, commit=True)
+    assert f"the journal in {tmp_path} has committed them" in stderr
+    assert "they are lost" not in stderr
+    assert rows(tmp_path) == 3
+
+
+def test_a_never_closed_buffer_says_events_not_committed_yet_may_be_lost(
+    tmp_path: Path,
+) -> None:
+    stderr = exit_unclosed(tmp_path, commit=False)
+    assert "up to 3 not committed yet may be lost" in stderr
+    assert "they are lost" not in stderr
+
+
+def stepping_writer(directory: Path) -> Any:
+    """The journal's writer, driven one step at a time on this thread (no thread started)."""
+    from voyado_tracking._journal_writer import Writer
+
+    writer = Writer(directory, "owner", synchronous="NORMAL", commit_interval=1.0,
+                    max_bytes=10**9, post=lambda callback, *args: None,
+                    on_loaded=lambda loaded, done: None, on_commit=lambda: None,
+                    on_closed=lambda: None)
+    writer._open()
+    return writer
+
+
+def test_views_that_leave_the_buffer_before_their_commit_are_never_written(
+    tmp_path: Path,
+) -> None:
+    writer = stepping_writer(tmp_path)
+    delivered, pending = [view(f"d{i}") for i in range(5)], [view("p")]
+    changes = writer._own.db.total_changes
+    writer.ops.extend([*delivered, *pending, ("delete", delivered)])
+    writer._step()
+    assert writer._own.db.total_changes - changes == 1  # one insert, no insert-then-delete
+    assert rows(tmp_path) == 1
+    writer.ops.append(("delete", pending))
+    writer._step()
+    assert rows(tmp_path) == 0
+    writer._close_files()
+
+
+def test_a_view_object_enqueued_twice_keeps_a_row_until_both_are_resolved(
+    tmp_path: Path,
+) -> None:
+    writer = stepping_writer(tmp_path)
+    twice = view("twice")
+    writer.ops.extend([twice, view("other"), twice])
+    writer._step()
+    assert rows(tmp_path) == 3
+    writer.ops.append(("delete", [twice]))
+    writer._step()
+    assert rows(tmp_path) == 2
+    writer.ops.append(("delete", [twice]))
+    writer._step()
+    assert rows(tmp_path) == 1
+    writer._close_files()

@@ -6,9 +6,11 @@ Split the way aiokafka splits its producer:
   overflow and the event accounting;
 - :class:`~voyado_tracking._sender.Sender` (owns the I/O tasks): due batches to requests,
   retries, bisection;
+- :class:`~voyado_tracking._endings.Endings`: where events end when they are not sent (dead
+  letters, drops, the spool, what the journal keeps);
 - :class:`TrackingBuffer` (this module, the facade): binds to one event loop, checks what is
   enqueued, starts the sender lazily, and runs the bounded shutdown (drain, stop the sender,
-  then spool or count as dropped). Its lifecycle is one :class:`_State`.
+  then keep, spool or count as dropped). Its lifecycle is one :class:`_State`.
 
 Accounting invariant (checked by the tests): every event ``enqueued`` ends up exactly once as
 ``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is still pending
@@ -39,15 +41,14 @@ import attrs
 
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock, wait_until
-from ._errors import BufferClosedError, BufferFullError, ClientClosedError, VoyadoError
-from ._eventfile import append_events
+from ._endings import Endings
+from ._errors import BufferClosedError, BufferFullError, VoyadoError
 from ._journal import Journal, Journaling
 from ._lifecycle import AsyncClosing, call_threadsafe
-from ._losslog import LossLog
 from ._models import Cart, ProductView
 from ._sender import Sender
 from ._settings import FlushSettings
-from ._store import DropReason, PendingStore
+from ._store import PendingStore
 from ._wire import Event
 
 __all__ = ["BufferStats", "TrackingBuffer"]
@@ -147,22 +148,21 @@ class TrackingBuffer(AsyncClosing):
             raise TypeError(f"settings must be a FlushSettings, got {type(settings).__name__}")
         self.client = client
         self.settings = settings
-        self.spool_path = Path(spool_path) if spool_path is not None else None
-        self._on_drop_cb = on_drop
-        self._on_dead_letter_cb = on_dead_letter
+        self._ends = Endings(client, settings, None if spool_path is None else Path(spool_path),
+                             on_drop, on_dead_letter)  # dead letters, drops, spool, journal
         self._clock: Clock = MonotonicClock() if clock is None else clock
         self._now = self._clock.now
-        self._store = PendingStore(settings, self._dropped)
+        self._store = PendingStore(settings, self._ends.dropped)
         self._journal = None if journal is None else Journaling(
             journal, self._store, client.transport.fingerprint("journal"), clock=self._clock,
             wake=lambda: self._sender.wake(), notify=self._notify, spooling=spool_path is not None,
         )
+        self._ends.bind(self._store, self._journal)
         self._sender = Sender(
             self._store, client.transport.post, settings,
-            clock=self._clock, on_final=self._final, on_progress=self._notify,
+            clock=self._clock, on_final=self._ends.final, on_progress=self._notify,
             on_sent=None if self._journal is None else self._journal.resolved,
         )
-        self._losses = LossLog()
         self._state = _State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_loop: object = _NOT_READY
@@ -171,6 +171,10 @@ class TrackingBuffer(AsyncClosing):
         self._closed: asyncio.Future[None] | None = None
         with contextlib.suppress(RuntimeError):  # else bound on first use inside a loop
             self._bind(asyncio.get_running_loop())
+
+    @property
+    def spool_path(self) -> Path | None:
+        return self._ends.spool_path
 
     def __repr__(self) -> str:
         s = self._store
@@ -341,7 +345,7 @@ class TrackingBuffer(AsyncClosing):
                 await self._sender.stop(max(0.0, deadline - self._clock.now()))
             finally:
                 # Also when cancelled again in there: nothing may stay unaccounted for.
-                self._dispose(self._store.drain())
+                self._ends.dispose(self._store.drain())
                 try:
                     if self._journal is not None:
                         await self._journal.aclose(deadline - self._clock.now())
@@ -350,7 +354,7 @@ class TrackingBuffer(AsyncClosing):
 
     def _finish_close(self) -> None:
         self._state = _State.CLOSED
-        self._losses.flush()
+        self._ends.losses.flush()
         self._notify()  # wake flush() and put() callers: it is over
         assert self._closed is not None
         self._closed.set_result(None)
@@ -373,11 +377,12 @@ class TrackingBuffer(AsyncClosing):
         """Log (as an error) the events a buffer that was never closed still holds."""
         held = self._store.held
         if held and self._state in (_State.NEW, _State.OPEN):
+            fate = "they are lost" if self._journal is None else self._journal.unclosed(held)
             log.error(
                 "a TrackingBuffer was never closed and %s with %d undelivered events "
-                "(%d carts, %d product views); they are lost. Close buffers with 'async with' "
+                "(%d carts, %d product views); %s. Close buffers with 'async with' "
                 "or 'await buffer.aclose()'",
-                why, held, self._store.pending_carts, self._store.pending_views,
+                why, held, self._store.pending_carts, self._store.pending_views, fate,
             )
         return held
 
@@ -431,79 +436,4 @@ class TrackingBuffer(AsyncClosing):
         return (
             f"{s.pending_carts} carts and {s.pending_views} product views pending "
             f"(retrying included), {s.in_flight} events in flight"
-        )
-
-    # -- internals: where events end --------------------------------------------------------
-
-    def _final(self, events: list[Event], error: VoyadoError) -> None:
-        """The sender gives up on *events*: dead letters, or a spool when the client closed."""
-        if isinstance(error, ClientClosedError):
-            self._losses.record(
-                "client-closed", len(events), "the TrackingClient was closed before the "
-                "TrackingBuffer; could not deliver", "close the buffer before its client",
-            )
-            if self._journal is not None:  # what the journal holds stays for the next start
-                events = self._journal.keep(events, in_flight=True)
-            if self._spool(events):
-                self._store.resolved(len(events), "spooled")
-                return
-        elif self._journal is not None:
-            self._journal.resolved(events)
-        self._store.resolved(len(events), "dead_lettered")
-        self._losses.record(f"dead:{type(error).__name__}", len(events), "dead-lettered",
-                            str(error))
-        if self._on_dead_letter_cb is not None:
-            for event in events:
-                try:
-                    self._on_dead_letter_cb(event, error)
-                except Exception:
-                    log.exception("on_dead_letter callback failed")
-
-    def _dropped(self, event: Event, reason: DropReason) -> None:
-        if self._journal is not None:
-            self._journal.resolved([event])
-        if reason == "overflow":
-            self._losses.record(
-                "drop:overflow", 1, "buffer full (max_pending="
-                f"{self.settings.max_pending}, overflow={self.settings.overflow!r}): dropped",
-            )
-        if self._on_drop_cb is not None:
-            try:
-                self._on_drop_cb(event, reason)
-            except Exception:
-                log.exception("on_drop callback failed")
-
-    def _spool(self, events: list[Event]) -> bool:
-        """Append *events* to the spool file; False when there is none or it failed."""
-        if not events:
-            return True
-        if self.spool_path is None:
-            return False
-        try:
-            append_events(self.spool_path, events, reason="shutdown")
-        except OSError as error:
-            log.error("could not write %d events to the spool file: %s", len(events), error)
-            return False
-        log.warning("spooled %d undelivered events to %s", len(events), self.spool_path)
-        return True
-
-    def _dispose(self, events: list[Event]) -> None:
-        """Keep in the journal, spool or count as dropped what is left at shutdown."""
-        if self._journal is not None:
-            events = self._journal.keep(events)  # what stays in it counts as spooled
-        if not events:
-            return
-        if self.client.closed:
-            log.warning(
-                "the TrackingClient was closed before the TrackingBuffer: %d events could not "
-                "be delivered at shutdown (close the buffer first)", len(events),
-            )
-        if self._spool(events):
-            self._store.count_spooled(len(events))
-            return
-        for event in events:
-            self._store.drop(event, "shutdown")
-        log.warning(
-            "dropped %d undelivered events at shutdown (set spool_path to keep them)",
-            len(events),
         )

@@ -5,9 +5,9 @@
 few points (an event taken, events delivered or dropped, room freed, close) and it talks to
 the writer thread (``_journal_writer``) through a deque, never touching SQLite itself.
 
-Rows and events: a journaled view's row is its arrival number among journaled events, kept
-in a dict keyed by ``id(event)`` while the buffer holds the event (the event stays alive
-until it is resolved, so its id cannot be reused meanwhile); a cart's row is its
+Rows and events: ``enqueue`` only appends the event to the writer's queue; the writer thread
+numbers the views and keeps the ``id(view) -> row`` map (see ``_journal_writer``). When events
+leave the buffer one ``("delete", events)`` op carries them to the writer; a cart's row is its
 ``cart_reference``, deleted up to the delivered instant so a newer pending update stays.
 
 Recovery streams: the writer reads the files of processes that are gone (and this process's
@@ -33,7 +33,7 @@ import attrs
 
 from ._clock import Clock
 from ._errors import BufferFullError
-from ._journal_db import instant_of
+from ._journal_rows import Mark
 from ._journal_writer import Loaded, Source, Writer, post_to
 from ._models import Cart, ProductView
 from ._store import PendingStore
@@ -106,11 +106,7 @@ class Journaling:
         self._notify = notify
         self._writer: Writer | None = None
         self._ops: deque[Any] = deque()
-        self._views = 0  # views appended for writing (the last one's row number)
-        self._carts = 0  # cart updates appended for writing
-        self.writing = False  # events are appended for writing (mirrors the writer's flag)
-        self._seqs: dict[int, int] = {}  # id(view) -> its row, while the buffer holds it
-        self._repeats: dict[int, list[int]] = {}  # rows of a view object enqueued again
+        self._append: Callable[[Event], None] = self._unjournaled  # the writer's ops.append
         self._recovered: dict[int, tuple[Source, int]] = {}  # id(view) -> (file, row)
         self._parked: deque[Loaded] = deque()  # recovered, waiting for room
         self._asking = False  # a recovery request is out
@@ -141,9 +137,9 @@ class Journaling:
         )
         self._writer = writer
         self._ops = writer.ops
+        self._append = writer.ops.append
         self._add_view, self._add_cart = self._store.add_view, self._store.add_cart
         self._now = self._clock.now
-        self.writing = True
         writer.start()
         self._ask()
 
@@ -162,8 +158,11 @@ class Journaling:
 
     def _on_commit(self) -> None:
         if self._writer is not None and not self._writer.writing:
-            self.writing = False
+            self._append = self._unjournaled  # the writer would only count them
         self._committed.set()
+
+    def _unjournaled(self, event: Event) -> None:
+        self.unjournaled += 1
 
     def _on_closed(self) -> None:
         if self._closed is not None and not self._closed.done():
@@ -176,28 +175,18 @@ class Journaling:
         """``TrackingBuffer.enqueue`` with a journal: append *event* for writing, then store it.
 
         Appended first: if the store drops the event (overflow), its row goes again. This is
-        the caller's cost, so it is written out for each kind rather than shared.
+        the caller's cost: one append, the writer thread does the rest.
         """
         kind = type(event)
         if kind is ProductView:
-            if self.writing:
-                seq = self._views = self._views + 1
-                if self._seqs.setdefault(id(event), seq) != seq:
-                    self._repeats.setdefault(id(event), []).append(seq)
-                self._ops.append(event)
-            else:
-                self.unjournaled += 1
+            self._append(event)
             try:
                 wake = self._add_view(event, self._now())  # type: ignore[arg-type]
             except BufferFullError:
                 self.resolved([event])
                 raise
         elif kind is Cart:
-            if self.writing:
-                self._carts += 1
-                self._ops.append(event)
-            else:
-                self.unjournaled += 1
+            self._append(event)
             try:
                 wake = self._add_cart(event, self._now())  # type: ignore[arg-type]
             except BufferFullError:
@@ -210,34 +199,24 @@ class Journaling:
 
     def resolved(self, events: list[Event]) -> None:
         """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
-        own: list[int] = []
-        carts: list[tuple[str, int]] = []
-        pop = self._seqs.pop
-        for event in events:
-            if type(event) is ProductView:
-                key = id(event)
-                seq = pop(key, None)
-                if seq is not None:
-                    own.append(seq)
-                    if self._repeats:
-                        self._next_repeat(key)
-                    continue
-                row = self._recovered.pop(key, None)
-                if row is not None:
-                    self._ops.append(("views", row[0], [row[1]]))
-            else:
-                carts.append((event.cart_reference, instant_of(event)))  # type: ignore[union-attr,arg-type]
-        if own:
-            self._ops.append(("views", None, own))
-        if carts:
-            self._ops.append(("carts", carts))
+        if self._recovered:
+            events = self._pop_recovered(events, "recovered")
+        if events:
+            self._ops.append(("delete", events))
 
-    def _next_repeat(self, key: int) -> None:
-        rows = self._repeats.get(key)
-        if rows:
-            self._seqs[key] = rows.pop(0)
-            if not rows:
-                del self._repeats[key]
+    def _pop_recovered(self, events: list[Event], op: str) -> list[Event]:
+        """Queue *op* for the recovered views among *events* (by file); return the others."""
+        rest: list[Event] = []
+        by_source: dict[Source, list[int]] = {}
+        for event in events:
+            row = self._recovered.pop(id(event), None)
+            if row is None:
+                rest.append(event)
+            else:
+                by_source.setdefault(row[0], []).append(row[1])
+        if by_source and op == "recovered":
+            self._ops.append((op, by_source))
+        return rest
 
     def keep(self, events: list[Event], *, in_flight: bool = False) -> list[Event]:
         """At close: the *events* that stay in the journal count as spooled; return the rest.
@@ -245,22 +224,16 @@ class Journaling:
         *in_flight*: they were taken from the store for a send (else drained from it).
         """
         writer = self._writer
-        healthy = writer is not None and writer.writing
-        committed = 0 if writer is None else writer.committed_views
+        own = self._pop_recovered(events, "kept") if self._recovered else events
         rest: list[Event] = []
-        for event in events:
-            key = id(event)
-            if type(event) is ProductView:
-                seq = self._seqs.pop(key, None)
-                if seq is not None and self._repeats:
-                    self._next_repeat(key)
-                kept = (seq is not None and (healthy or seq <= committed)) or (
-                    self._recovered.pop(key, None) is not None
-                )
-            else:
-                kept = healthy
-            if not kept:
-                rest.append(event)
+        if writer is None:
+            rest = own
+        elif not writer.writing:  # only what was committed before the failure stays
+            seqs, committed = writer.rows.seqs, writer.committed_seq
+            rest = [e for e in own if type(e) is not ProductView
+                    or seqs.get(id(e), committed + 1) > committed]
+        if writer is not None:
+            self._ops.append(("forget", own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)
         if in_flight:
             self._store.resolved(kept_count, "spooled")
@@ -270,6 +243,18 @@ class Journaling:
                         kept_count, self.journal.directory)
         return rest
 
+    def unclosed(self, held: int) -> str:
+        """What becomes of the *held* events of a buffer that was never closed (for its log)."""
+        writer = self._writer
+        if writer is None:
+            return "they are lost"
+        at_risk = min(held, self._missing(None) + writer.lost + self.unjournaled)
+        where = f"the journal in {self.journal.directory}"
+        if not at_risk:
+            return f"{where} has committed them: the next start on it delivers them"
+        return (f"{where} keeps those it has committed (at least {held - at_risk}) for the "
+                f"next start on it; up to {at_risk} not committed yet may be lost")
+
     # -- sync -----------------------------------------------------------------------------------
 
     async def sync(self, timeout: float | None) -> None:
@@ -277,27 +262,38 @@ class Journaling:
         writer = self._writer
         if writer is None:
             return
-        views, carts, unjournaled = self._views, self._carts, self.unjournaled
-
-        def missing() -> int:
-            return max(0, views - writer.committed_views) + max(0, carts - writer.committed_carts)
-
+        mark = Mark()
+        self._ops.append(mark)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         writer.wake()
-        while missing() and writer.writing:
+        while not mark.done and not writer.finished:
             self._committed.clear()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"sync() did not finish in {timeout:g} s: {missing()} "
-                                   "events are not committed to the journal yet")
+                raise TimeoutError(f"sync() did not finish in {timeout:g} s: "
+                                   f"{self._missing(mark)} events are not committed to the "
+                                   "journal yet")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), remaining)
-        if missing() or unjournaled:
+        lost = (mark.lost if mark.done else writer.lost + self._missing(mark)) + self.unjournaled
+        if lost:
             raise TimeoutError(
                 "sync() cannot finish: the journal stopped writing after an error (see the "
-                f"log); {missing() + unjournaled} events are in memory only"
+                f"log); {lost} events are in memory only"
             )
+
+    def _missing(self, mark: Mark | None) -> int:
+        """Events queued before *mark* (None: at all) and not committed yet."""
+        writer = self._writer
+        assert writer is not None
+        queued = 0
+        with contextlib.suppress(RuntimeError):  # the writer took from it meanwhile
+            for op in list(self._ops):
+                if op is mark:
+                    break
+                queued += type(op) is ProductView or type(op) is Cart
+        return writer.taken - writer.settled + queued
 
     # -- recovery -------------------------------------------------------------------------------
 

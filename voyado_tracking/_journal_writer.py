@@ -1,14 +1,20 @@
 """The journal's writer thread: group commits, deletions and recovery reads, off the loop.
 
 The event loop talks to it through one ``deque`` (appends are atomic, so ``enqueue`` never
-takes a lock): events to write (a ``ProductView`` or ``Cart`` itself: the cheapest op to
-append), deletions (``("views", source, seqs)``, ``("carts", pairs)``) and requests for
-recovered events (``("want", count)``). The thread drains it at most ``commit_interval``
-apart, in one transaction per file, and answers on the loop with ``call_soon_threadsafe``.
+takes a lock and does nothing else for the journal): events to write (a ``ProductView`` or
+``Cart`` itself), deletions (``("delete", events)`` for events that left the buffer,
+``("recovered", {source: seqs})``), ``("forget", events)`` for events whose rows stay at close,
+:class:`Mark` objects for ``sync()``, and requests for recovered events (``("want", count)``).
+The thread drains it at most ``commit_interval`` apart, in one transaction per file, and
+answers on the loop with ``call_soon_threadsafe``.
 
-A view's row number is its position among the views the loop appended (the loop counts the
-same way), so the loop knows a view's row without asking, and a run of views gets
-consecutive rows: one encoding call and one insert for the run. Carts are keyed by
+The thread owns the view-to-row map: it numbers the views in the order it takes them and
+records ``id(view) -> row``. An id stays valid as long as the map holds it: the view is held
+by the buffer until it is resolved, and the ``"delete"`` or ``"forget"`` op that ends its
+entry carries the view itself. Its work holds the GIL the event loop needs, so it is done in
+bulk: the queue is drained with one call, a step's views are numbered with one dict update,
+encoded with one ``orjson.dumps`` and inserted with one statement, and a batch's deletions
+are one op and one statement (SQLite runs without the GIL). Carts are keyed by
 ``cart_reference``; their deletions compare instants and go to every open file, since a
 recovered cart and a fresh update of it may sit in two files.
 """
@@ -23,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from ._journal_db import (
     journal_files,
     private_directory,
 )
+from ._journal_rows import Mark, Rows, Step
 from ._models import Cart, ProductView
 from ._wire import Event
 
@@ -85,9 +93,12 @@ class Writer:
     ) -> None:
         self.ops: deque[Any] = deque()
         self.writing = True  # False once the journal fell back to memory only (loop reads it)
-        # Views and carts committed so far, in the loop's counting (the loop reads them).
-        self.committed_views = 0
-        self.committed_carts = 0
+        self.rows = Rows()  # id(view) -> its row in this process's file (the loop reads it)
+        self.committed_seq = 0  # views up to this row are committed (the loop reads it)
+        self.lost = 0  # events taken while the journal could not write them
+        self.taken = 0  # events taken from ops (the loop reads these two)
+        self.settled = 0  # ... of which committed or lost
+        self.finished = False  # the thread ended
         self.errors = 0  # faults: files set aside, write failures (loop reads it)
         self._directory = directory
         self._owner = owner
@@ -104,8 +115,6 @@ class Writer:
         self._sources: list[Source] = []
         self._wanted = 0
         self._end_posted = False  # the loop was told that recovery read everything
-        self._views = 0  # views taken from ops: the last one's row number
-        self._carts = 0  # cart updates taken from ops
         self._thread = threading.Thread(target=self.run, name="voyado_tracking journal",
                                         daemon=True)
 
@@ -139,6 +148,7 @@ class Writer:
             self._fail("an unexpected error")
         finally:
             self._close_files()
+            self.finished = True
             self._post(self._on_closed)
 
     def _open(self) -> None:
@@ -196,87 +206,108 @@ class Writer:
 
     def _step(self) -> None:
         ops = self.ops
-        views: list[ProductView] = []
-        carts: list[tuple[str, Any]] = []  # in order: ("upsert", cart) | ("delete", pairs)
-        by_source: dict[Source, list[int]] = {}
-        own_deletes: list[int] = []
-        for _ in range(len(ops)):
-            op = ops.popleft()
-            kind = type(op)
+        step = Step(self.rows.last + 1)
+        # One C-level call drains the queue; runs of one type are handled together.
+        for kind, group in groupby(list(starmap(ops.popleft, repeat((), len(ops)))), type):
             if kind is ProductView:
-                views.append(op)
-            elif kind is Cart:
-                carts.append(("upsert", op))
-            elif op[0] == "views":
-                if op[1] is None:
-                    own_deletes.extend(op[2])
+                views = list(group)
+                step.events += len(views)
+                if self.writing:
+                    step.views.extend(views)
+                    self.rows.number(views)
                 else:
-                    by_source.setdefault(op[1], []).extend(op[2])
-            elif op[0] == "carts":
-                carts.append(("delete", op[1]))
-            else:  # ("want", n)
-                self._wanted += op[1]
-        first_seq = self._views + 1
-        self._views += len(views)
-        self._carts += sum(1 for what, _ in carts if what == "upsert")
-        if views or carts or own_deletes:
-            self._write_own(first_seq, views, carts, own_deletes)
-        deleted_carts = [pairs for what, pairs in carts if what == "delete"]
+                    self.lost += len(views)
+            elif kind is Cart:
+                carts = list(group)
+                step.events += len(carts)
+                if self.writing:
+                    step.carts.append(("upsert", carts))
+                else:
+                    self.lost += len(carts)
+            elif kind is Mark:
+                step.marks.extend(group)
+            else:
+                for op in group:
+                    self._take_op(op, step)
+        self.taken += step.events
+        self._write_own(step)
+        self.settled = self.taken
+        for mark in step.marks:
+            mark.lost, mark.done = self.lost, True
+        if step.marks:
+            self._post(self._on_commit)
+        deleted_carts = step.cart_deletes()
         for source in self._sources:
-            self._delete_in(source, by_source.get(source, ()), deleted_carts)
+            self._delete_in(source, step.by_source.get(source, ()), deleted_carts)
         self._sources = [s for s in self._sources if s.open]
         if not self._end_posted:
             self._recover()
 
-    def _write_own(
-        self, first_seq: int, views: list[ProductView], carts: list[tuple[str, Any]],
-        own_deletes: list[int],
-    ) -> None:
+    def _take_op(self, op: tuple[Any, ...], step: Step) -> None:
+        what = op[0]
+        if what == "delete":  # events that left the buffer
+            events: list[Event] = op[1]
+            rows = self.rows.forget(events)
+            found = len(rows)
+            if rows and max(rows) >= step.first:  # not written yet: then never written
+                step.skipped.extend(r for r in rows if r >= step.first)
+                rows = [r for r in rows if r < step.first]
+            step.own_deletes.extend(rows)
+            if found < len(events):  # carts, or views not journaled
+                pairs = [(e.cart_reference, instant_of(e)) for e in events if type(e) is Cart]
+                if pairs:
+                    step.carts.append(("delete", pairs))
+        elif what == "forget":  # their rows stay for the next start
+            self.rows.forget(op[1])
+        elif what == "recovered":
+            for source, seqs in op[1].items():
+                step.by_source.setdefault(source, []).extend(seqs)
+        else:  # ("want", n)
+            self._wanted += op[1]
+
+    def _write_own(self, step: Step) -> None:
         own = self._own
-        if own is None:
-            return
-        writing = self.writing
+        runs = step.runs()
+        if own is None or not (runs or step.carts or step.own_deletes):
+            if self.writing:
+                self.committed_seq = self.rows.last
+            return  # without a file, nothing was taken for writing (see _take_views)
         try:
             own.begin()
-            if writing and views:
-                own.add_views(first_seq, time.time(), encode_views(views))
-            if own_deletes:
-                own.delete_views(own_deletes)
-            self._write_carts(own, carts, writing)
+            now = time.time()
+            for first, views in runs:
+                own.add_views(first, now, encode_views(views))
+            if step.own_deletes:
+                own.delete_views(step.own_deletes)
+            self._write_carts(own, step.carts, self.writing)
             own.commit()
         except sqlite3.Error as error:
             own.rollback()
             self._fail(f"could not write to {own.path.name} ({error})")
-            if own_deletes or any(what == "delete" for what, _ in carts):
-                self._retry_deletes(own, own_deletes, carts)
+            self.lost += len(step.views) - len(step.skipped) + sum(
+                len(carts) for what, carts in step.carts if what == "upsert")
+            if step.own_deletes or step.cart_deletes():
+                self._retry_deletes(own, step)
             return
-        if writing and (views or carts):
-            self.committed_views, self.committed_carts = self._views, self._carts
-            self._post(self._on_commit)
+        if self.writing:
+            self.committed_seq = self.rows.last
 
     @staticmethod
     def _write_carts(own: JournalFile, carts: list[tuple[str, Any]], writing: bool) -> None:
-        run: list[tuple[str, int, float, bytes]] = []
+        """Cart upserts and deletions in their order (a run of each is one call)."""
         now = time.time()
         for what, op in carts:
-            if what == "upsert":
-                if writing:
-                    run.append((op.cart_reference, instant_of(op), now, encode_cart(op)))
-                continue
-            if run:
-                own.add_carts(run)
-                run = []
-            own.delete_carts(op)
-        if run:
-            own.add_carts(run)
+            if what == "delete":
+                own.delete_carts(op)
+            elif writing:
+                own.add_carts([(c.cart_reference, instant_of(c), now, encode_cart(c)) for c in op])
 
-    def _retry_deletes(
-        self, own: JournalFile, own_deletes: list[int], carts: list[tuple[str, Any]]
-    ) -> None:
+    def _retry_deletes(self, own: JournalFile, step: Step) -> None:
         try:
             own.begin()
-            own.delete_views(own_deletes)
-            self._write_carts(own, carts, writing=False)
+            if step.own_deletes:
+                own.delete_views(step.own_deletes)
+            self._write_carts(own, step.carts, writing=False)
             own.commit()
         except sqlite3.Error as error:
             own.rollback()

@@ -16,7 +16,7 @@ from .. import BufferStats, Journal, TrackingBuffer, TrackingClient
 from .._wire import Event
 from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError, on_interrupt
 from ._progress import progress, stats_text
-from ._send import _client, _flush_settings
+from ._sendargs import client_from_args, send_flush_settings
 
 __all__ = ["run_send_journal"]
 
@@ -41,7 +41,7 @@ def _journal(args: argparse.Namespace) -> Journal:
 async def run_send_journal(args: argparse.Namespace, mode: str) -> int:
     """``send --journal DIR``; returns the exit status."""
     journal = _journal(args)
-    client = _client(args)
+    client = client_from_args(args)
     assert client is not None  # not a dry run
     async with client:
         return await _deliver(client, journal, args, mode)
@@ -50,7 +50,7 @@ async def run_send_journal(args: argparse.Namespace, mode: str) -> int:
 async def _deliver(
     client: TrackingClient, journal: Journal, args: argparse.Namespace, mode: str
 ) -> int:
-    settings = _flush_settings(args)
+    settings = send_flush_settings(args)
     dead: list[tuple[Event, str]] = []
     buffer = TrackingBuffer(client, settings, journal=journal,
                             on_dead_letter=lambda event, error: dead.append((event, str(error))))

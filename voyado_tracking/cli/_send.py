@@ -20,9 +20,7 @@ import attrs
 from .. import (
     BufferStats,
     Cart,
-    FlushSettings,
     InvalidEventError,
-    RetryPolicy,
     TrackingBuffer,
     TrackingClient,
 )
@@ -30,6 +28,7 @@ from .._eventfile import event_to_line, parse_line, read_blocks
 from .._wire import Event
 from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError, on_interrupt
 from ._progress import progress, stats_text
+from ._sendargs import client_from_args, send_flush_settings
 
 __all__ = ["run_send"]
 
@@ -91,37 +90,6 @@ async def _read_events(
             yield event
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, str]:
-    base_url = args.base_url or os.environ.get("VOYADO_BASE_URL", "")
-    api_key = args.api_key or os.environ.get("VOYADO_API_KEY", "")
-    missing = [
-        what
-        for what, value in (("--base-url or VOYADO_BASE_URL", base_url),
-                            ("--api-key or VOYADO_API_KEY", api_key))
-        if not value.strip()
-    ]
-    if missing:
-        raise UsageError(f"missing {' and '.join(missing)} (or use --dry-run)")
-    return base_url.strip(), api_key.strip()
-
-
-def _client(args: argparse.Namespace) -> TrackingClient | None:
-    if args.dry_run:
-        return None
-    base_url, api_key = _connection(args)
-    try:
-        return TrackingClient(
-            base_url,
-            api_key,
-            user_agent=args.user_agent,
-            timeout=args.timeout,
-            max_batch_size=args.batch_size,
-            max_requests_per_second=args.max_rps if args.max_rps > 0 else None,
-        )
-    except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from None  # never contains the key
-
-
 def _spool_path(args: argparse.Namespace) -> Path | None:
     spool = Path(args.spool) if args.spool else None
     if spool is not None and not os.access(spool.parent, os.W_OK):
@@ -145,7 +113,7 @@ async def run_send(args: argparse.Namespace, mode: str) -> int:
         raise UsageError("--batch-size must be >= 1")
     if args.timeout <= 0 or args.retry_for <= 0:
         raise UsageError("--timeout and --retry-for must be > 0")
-    client = _client(args)
+    client = client_from_args(args)
     spool = _spool_path(args)
     stream, size, source = _open_input(args.file)
     state = _SendState(total_bytes=size)
@@ -170,21 +138,6 @@ async def _validate_only(stream: IO[bytes], source: str, state: _SendState, mode
     return EXIT_OK if state.invalid == 0 else EXIT_FAILED
 
 
-def _flush_settings(args: argparse.Namespace) -> FlushSettings:
-    return FlushSettings(
-        max_batch_size=args.batch_size,
-        flush_interval=0.2,
-        max_pending=max(10_000, 4 * args.batch_size),
-        retry=RetryPolicy(
-            max_attempts=None,
-            initial_backoff=min(1.0, args.retry_for),
-            max_backoff=max(min(30.0, args.retry_for), min(1.0, args.retry_for)),
-            max_elapsed=args.retry_for,
-        ),
-        shutdown_timeout=5.0,
-    )
-
-
 async def _deliver(
     client: TrackingClient,
     stream: IO[bytes],
@@ -194,7 +147,7 @@ async def _deliver(
     args: argparse.Namespace,
     mode: str,
 ) -> int:
-    settings = _flush_settings(args)
+    settings = send_flush_settings(args)
     buffer = TrackingBuffer(
         client,
         settings,
