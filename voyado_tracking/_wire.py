@@ -102,10 +102,19 @@ def event_to_wire(event: Event) -> dict[str, Any]:
     return _TO_WIRE[type(event)](event)
 
 
+def _to_wire_default(event: Any) -> dict[str, Any]:
+    # orjson's ``default``: called for each event as orjson meets it in a list, so one wire
+    # dict is alive at a time and the whole body is one buffer (see encode_batch).
+    try:
+        return _TO_WIRE[type(event)](event)
+    except KeyError:
+        raise TypeError(f"not a Cart or ProductView: {type(event).__name__}") from None
+
+
 def dumps(events: Iterable[Event]) -> bytes:
     """The JSON array body of a batch request."""
-    to_wire = _TO_WIRE
-    return orjson.dumps([to_wire[type(e)](e) for e in events])
+    return orjson.dumps(events if isinstance(events, list) else list(events),
+                        default=_to_wire_default)
 
 
 def dumps_one(event: Event) -> bytes:
@@ -226,28 +235,33 @@ def size_hint(event: Event) -> int:
 
 
 def encode_parts(events: list[Event]) -> list[bytes]:
-    """Each event's JSON on its own.
-
-    One wire dict is alive at a time, so encoding allocates no batch of GC-tracked containers:
-    a list of 500 dicts would survive collections, get promoted and eventually trigger a full
-    collection over every buffered event, stalling the loop for tens of milliseconds.
-    """
+    """Each event's JSON on its own (to split a batch that is over the byte limit)."""
     to_wire, dumps_ = _TO_WIRE, orjson.dumps
     return [dumps_(to_wire[type(e)](e)) for e in events]
 
 
 def encode_batch(events: list[Event]) -> bytes:
-    """The JSON array body of a batch request, encoded event by event."""
-    return b"[" + b",".join(encode_parts(events)) + b"]"
+    """The JSON array body of a batch request, in one orjson call and one buffer.
+
+    orjson asks ``default`` for each event's wire dict as it goes, so one wire dict is alive
+    at a time: no batch of GC-tracked containers (a list of 500 dicts would survive
+    collections, get promoted and eventually trigger a full collection over every buffered
+    event, stalling the loop), and no 500 separate ``bytes`` to join (each one a malloc'd
+    buffer: the heap grew and was trimmed by about 1.5 MB per batch, 300-400 page faults).
+    The bytes are those of ``b"[" + b",".join(encode_parts(events)) + b"]"``.
+    """
+    return orjson.dumps(events, default=_to_wire_default)
 
 
 def split_bodies(
     events: list[Event], max_bytes: int
 ) -> list[tuple[list[Event], bytes]]:
     """Request bodies of at most *max_bytes* each, in order (a lone larger event goes alone)."""
+    body = encode_batch(events)
+    if len(body) <= max_bytes or len(events) == 1:
+        return [(events, body)]
+    del body
     parts = encode_parts(events)
-    if sum(map(len, parts)) + len(parts) + 1 <= max_bytes or len(events) == 1:
-        return [(events, b"[" + b",".join(parts) + b"]")]
     bodies: list[tuple[list[Event], bytes]] = []
     start, size = 0, 2  # the brackets
     for index, part in enumerate(parts):
