@@ -66,7 +66,16 @@ class _Discard:
 # -- the app -------------------------------------------------------------------------------
 
 
-async def serve(variant: str, sink: str) -> None:
+def parse_settings(text: str) -> dict[str, Any]:
+    """``"max_batch_size=1000,flush_interval=10"`` as FlushSettings keyword arguments."""
+    settings: dict[str, Any] = {}
+    for pair in filter(None, text.split(",")):
+        key, _, value = pair.partition("=")
+        settings[key.strip()] = float(value) if "." in value else int(value)
+    return settings
+
+
+async def serve(variant: str, sink: str, settings: str = "") -> None:
     from aiohttp import web
 
     buffer: Any = None
@@ -76,7 +85,7 @@ async def serve(variant: str, sink: str) -> None:
 
         ProductView, Cart, CartItem = vt.ProductView, vt.Cart, vt.CartItem
         client = vt.TrackingClient(sink, API_KEY)  # defaults, as a new user has them
-        buffer = vt.TrackingBuffer(client)
+        buffer = vt.TrackingBuffer(client, vt.FlushSettings(**parse_settings(settings)))
         if variant == "build":  # diagnosis: build the events, enqueue nothing
             buffer = _Discard()
 
@@ -125,16 +134,16 @@ async def serve(variant: str, sink: str) -> None:
     print(orjson.dumps(stats).decode(), flush=True)
 
 
-def app_main(variant: str, sink: str, profile: str | None) -> None:
+def app_main(variant: str, sink: str, settings: str, profile: str | None) -> None:
     if profile is None:
-        asyncio.run(serve(variant, sink))
+        asyncio.run(serve(variant, sink, settings))
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(serve(variant, sink))
+        asyncio.run(serve(variant, sink, settings))
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -442,12 +451,16 @@ def main() -> None:
     parser.add_argument("--profile-app", metavar="FILE", help="cProfile the tracking app")
     parser.add_argument("--build-only", action="store_true",
                         help="also a variant that builds the events but enqueues nothing")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
+                        help="also a tracking app with these FlushSettings, e.g. "
+                        "'batch1000:max_batch_size=1000' (repeatable)")
     parser.add_argument("--app", choices=["bare", "tracking", "build"], help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sink", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.app:
-        app_main(args.app, args.sink, args.profile)
+        app_main(args.app, args.sink, args.settings, args.profile)
         return
     args.rounds = args.rounds or (6 if args.quick else 20)
     args.slice = args.slice or (500 if args.quick else 1000)
@@ -466,6 +479,10 @@ def main() -> None:
         variants[1] = ("tracking", ["--app", "tracking", "--profile", args.profile_app], None)
     if args.build_only:
         variants.append(("build only", ["--app", "build"], None))
+    for variant in args.variant:
+        name, _, settings = variant.partition(":")
+        parse_settings(settings)  # bad input fails here, not in the app
+        variants.append((name, ["--app", "tracking", "--settings", settings], None))
     if args.baseline:
         env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
         variants.append(("before", ["--app", "tracking"], env))
