@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import shutil
@@ -110,6 +111,16 @@ async def serve(variant: str, sink: str, settings: str = "") -> None:
             ], url=url, language="sv-SE"))
         return web.Response(text=PAGE, content_type="text/html")
 
+    gc_time = [0.0, 0.0, 0.0]  # seconds in collections of generation 0, 1, 2
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_time[info["generation"]] += time.perf_counter() - gc_started[0]
+
+    gc.callbacks.append(on_gc)
     app = web.Application()
     app.router.add_get("/p/{sku}", view)
     app.router.add_post("/cart", cart)
@@ -123,13 +134,13 @@ async def serve(variant: str, sink: str, settings: str = "") -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()  # until the driver closes our stdin
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {"gc_ms": [round(x * 1e3, 1) for x in gc_time]}
     if buffer is not None:
         await buffer.aclose()
         await client.aclose()
         if buffer.stats is not None:
-            stats = {k: getattr(buffer.stats, k) for k in ("enqueued", "sent", "requests",
-                                                              "dropped", "dead_lettered")}
+            stats |= {k: getattr(buffer.stats, k) for k in ("enqueued", "sent", "requests",
+                                                               "dropped", "dead_lettered")}
     await runner.cleanup()
     print(orjson.dumps(stats).decode(), flush=True)
 
