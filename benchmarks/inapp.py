@@ -4,6 +4,8 @@
     python benchmarks/inapp.py --quick             # 6 rounds of 500
     python benchmarks/inapp.py --baseline DIR      # also "before": voyado_tracking from DIR
     python benchmarks/inapp.py --profile-app FILE  # cProfile the tracking app (pstats in FILE)
+    python benchmarks/inapp.py --variant 'b100:max_batch_size=100'  # other settings alongside
+    python benchmarks/inapp.py --build-only        # also an app that builds events, enqueues none
 
 The processes:
 
@@ -23,7 +25,8 @@ runtime of all its threads (``/proc/PID/task/*/schedstat``, in ns) over the whol
 background delivery counts wherever it runs; divided by the requests of its slice, that is its
 CPU per request. The added CPU is the median over rounds of the paired difference
 (tracking - bare) in the same round. Mixes: product views only, cart updates (1-3 items)
-only, and 70% views / 30% carts.
+only, and 70% views / 30% carts. At exit each app reports its time in garbage collection
+per generation (``gc_ms``) and the tracking apps their buffer's counters.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from run import EN_DASH, fmt
+from sink import serve_until_stdin_closes
 
 HERE = Path(__file__).resolve().parent
 SINK = HERE / "sink.py"
@@ -50,7 +55,6 @@ API_KEY = "bench-api-key"
 HOST = "shop.example.com"
 PAGE = "<!doctype html><title>Shop</title><p>" + "Sneakers, size 42, in stock. " * 6
 MIXES = {"views": 1.0, "carts": 0.0, "mixed": 0.7}  # share of product views
-EN_DASH = "\u2013"
 TARGET = 0.12  # tracking adds at most 12% to the bare request's CPU
 
 
@@ -67,13 +71,19 @@ class _Discard:
 # -- the app -------------------------------------------------------------------------------
 
 
-def parse_settings(text: str) -> dict[str, Any]:
-    """``"max_batch_size=1000,flush_interval=10"`` as FlushSettings keyword arguments."""
+def parse_settings(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``"max_batch_size=100,client.max_requests_per_second=none"`` as keyword arguments of
+    FlushSettings and (``client.`` keys) of TrackingClient."""
     settings: dict[str, Any] = {}
+    client: dict[str, Any] = {}
     for pair in filter(None, text.split(",")):
-        key, _, value = pair.partition("=")
-        settings[key.strip()] = float(value) if "." in value else int(value)
-    return settings
+        key, _, value = (part.strip() for part in pair.partition("="))
+        number = None if value == "none" else float(value) if "." in value else int(value)
+        if key.startswith("client."):
+            client[key.removeprefix("client.")] = number
+        else:
+            settings[key] = number
+    return settings, client
 
 
 async def serve(variant: str, sink: str, settings: str = "") -> None:
@@ -85,8 +95,10 @@ async def serve(variant: str, sink: str, settings: str = "") -> None:
         import voyado_tracking as vt
 
         ProductView, Cart, CartItem = vt.ProductView, vt.Cart, vt.CartItem
-        client = vt.TrackingClient(sink, API_KEY)  # defaults, as a new user has them
-        buffer = vt.TrackingBuffer(client, vt.FlushSettings(**parse_settings(settings)))
+        flush_settings, client_settings = parse_settings(settings)
+        # Defaults, as a new user has them, unless a --variant says otherwise.
+        client = vt.TrackingClient(sink, API_KEY, **client_settings)
+        buffer = vt.TrackingBuffer(client, vt.FlushSettings(**flush_settings))
         if variant == "build":  # diagnosis: build the events, enqueue nothing
             buffer = _Discard()
 
@@ -124,16 +136,7 @@ async def serve(variant: str, sink: str, settings: str = "") -> None:
     app = web.Application()
     app.router.add_get("/p/{sku}", view)
     app.router.add_post("/cart", cart)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"PORT {port}", flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await reader.read()  # until the driver closes our stdin
+    runner = await serve_until_stdin_closes(app)  # until the driver closes our stdin
     stats: dict[str, Any] = {"gc_ms": [round(x * 1e3, 1) for x in gc_time]}
     if buffer is not None:
         await buffer.aclose()
@@ -367,21 +370,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def fmt(value: float) -> str:
-    if value >= 10_000:
-        return f"{value / 1000:,.1f}k"
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def spread_cell(values: list[float], unit: str = "") -> str:
-    middle = statistics.median(values)
-    return f"{fmt(middle)}{unit} ({fmt(min(values))}{EN_DASH}{fmt(max(values))})"
-
-
 def summarise(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     bare = results["bare"]["cpu_us"]
@@ -463,8 +451,9 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true",
                         help="also a variant that builds the events but enqueues nothing")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:SETTINGS",
-                        help="also a tracking app with these FlushSettings, e.g. "
-                        "'batch1000:max_batch_size=1000' (repeatable)")
+                        help="also a tracking app with these FlushSettings (and TrackingClient "
+                        "arguments, prefixed 'client.'), e.g. 'batch100:max_batch_size=100' "
+                        "(repeatable)")
     parser.add_argument("--app", choices=["bare", "tracking", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sink", help=argparse.SUPPRESS)
