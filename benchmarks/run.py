@@ -36,6 +36,7 @@ EN_DASH = "\u2013"
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios.py"
 SINK = HERE / "sink.py"
+INAPP = HERE / "inapp.py"
 
 # (scenario, library, how many events for it given N)
 TRIALS: list[tuple[str, str, Callable[[int], int]]] = [
@@ -173,7 +174,7 @@ def table(results: Results) -> str:
             ("caller", "posthog", "us_per_call"), "PostHog `capture()`", "ours/theirs", None,
             False)
     compare("caller cost, µs/call: build `ProductView` + `enqueue()`", build,
-            ("caller", "segment", "us_per_call"), "Segment `track()`", "ours/theirs", None, False)
+            ("caller", "segment", "us_per_call"), "Segment `track()`", "ours/theirs", 0.2, False)
     for variant, what in (("voyado", "events built in the loop"),
                           ("voyado-prebuilt", "pre-built events")):
         ours = ("throughput", variant, "events_per_s")
@@ -340,7 +341,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="events per trial (default 100000)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     parser.add_argument("--only", help="comma-separated scenarios (caller, throughput, "
-                        "memory, latency, looplag, collapse, journal)")
+                        "memory, latency, looplag, collapse, journal, inapp)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per trial")
     parser.add_argument("--baseline", metavar="DIR",
                         help="compare ours with the voyado_tracking source tree in DIR")
@@ -383,6 +384,31 @@ def main() -> None:
     print(machine_facts(n, rounds))
     print()
     print(baseline_table(results) if args.baseline else table(results))
+    if only is None or "inapp" in only:
+        print(run_inapp(n, args.baseline, args.timeout))
+
+
+def run_inapp(n: int, baseline: str | None, timeout: float) -> str:
+    """The in-app scenario (``inapp.py``, its own processes and sink): its markdown section.
+
+    N = 100k runs it in full (20 rounds of 1,000-request slices per mix); a smaller N scales
+    the slices and rounds down (``--quick`` gives 6 rounds of 500).
+    """
+    command = [sys.executable, str(INAPP)]
+    if n < 100_000:
+        command += ["--slice", str(max(100, min(500, n // 20))),
+                    "--rounds", str(max(2, min(6, n // 1000)))]
+    if baseline:
+        command += ["--baseline", baseline]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=3 * timeout, text=True)
+    except subprocess.TimeoutExpired:
+        return "\n## In-app tracking cost\n\nn/a (timed out)"
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return f"\n## In-app tracking cost\n\nn/a (exit {done.returncode}: {tail[0][:160]})"
+    return "\n".join(line for line in done.stdout.splitlines() if not line.startswith("{"))
 
 
 if __name__ == "__main__":

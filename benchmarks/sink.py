@@ -84,18 +84,26 @@ async def main() -> None:
     app.router.add_get("/_hold", sink.hold)
     app.router.add_get("/_release", sink.unhold)
     app.router.add_post("/{tail:.*}", sink.post)
+    runner = await serve_until_stdin_closes(app)  # until its parent closes our stdin
+    await runner.cleanup()
+
+
+async def serve_until_stdin_closes(app: web.Application) -> web.AppRunner:
+    """Serve *app* on 127.0.0.1 until stdin closes; the caller cleans the runner up.
+
+    The port is free, picked by the OS, and printed first as ``PORT <n>``; no access log.
+    """
     runner = web.AppRunner(app, access_log=None, handle_signals=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"PORT {port}", flush=True)
-    # Runs until its parent closes our stdin (or kills us).
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.read()
-    await runner.cleanup()
+    return runner
 
 
 if __name__ == "__main__":

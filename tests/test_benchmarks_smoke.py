@@ -37,7 +37,7 @@ def test_benchmark_run_prints_the_table_with_every_scenario() -> None:
          "--timeout", "60"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -47,6 +47,9 @@ def test_benchmark_run_prints_the_table_with_every_scenario() -> None:
         line = next((x for x in out.splitlines() if x.startswith(f"| {row} |")), None)
         assert line is not None, f"missing row {row!r} in:\n{out}"
         assert not line.split(" | ")[1].startswith("n/a"), line
+    for mix in ("views", "carts", "mixed"):
+        # The in-app scenario: both apps ran and were compared.
+        assert f"| {mix} | tracking |" in out, out[-3000:]
 
 
 def test_tradeoffs_script_prints_the_table_for_every_rate() -> None:

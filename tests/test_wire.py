@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import event_to_line, line_to_event
-from voyado_tracking._wire import dumps, event_from_wire, event_to_wire, structure
+from voyado_tracking._wire import (
+    CONVERTER_TO_WIRE,
+    dumps,
+    encode_batch,
+    encode_parts,
+    event_from_wire,
+    event_to_wire,
+    split_bodies,
+    structure,
+)
 
 GUID = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
 CEST = timezone(timedelta(hours=2))
@@ -186,6 +195,30 @@ def test_valid_events_round_trip_through_json_lines(event: vt.Cart | vt.ProductV
 def test_batch_body_is_the_list_of_wire_dicts(batch: list[vt.Cart | vt.ProductView]) -> None:
     expected = [orjson.loads(orjson.dumps(event_to_wire(e))) for e in batch]
     assert orjson.loads(dumps(batch)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_written_out_wire_functions_equal_the_converters(
+    event: vt.Cart | vt.ProductView,
+) -> None:
+    mine, reference = event_to_wire(event), CONVERTER_TO_WIRE[type(event)](event)
+    assert mine == reference
+    assert list(mine) == list(reference)  # the same keys in the same order: the same bytes
+    assert orjson.dumps(mine) == orjson.dumps(reference)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(events, min_size=1, max_size=6), st.integers(1024, 4096))
+def test_batch_body_in_one_call_is_the_joined_parts(
+    batch: list[vt.Cart | vt.ProductView], max_bytes: int
+) -> None:
+    assert encode_batch(batch) == b"[" + b",".join(encode_parts(batch)) + b"]"
+    bodies = split_bodies(batch, max_bytes)
+    assert [e for events, _ in bodies for e in events] == batch
+    for events, body in bodies:
+        assert body == b"[" + b",".join(encode_parts(events)) + b"]"
+        assert len(body) <= max_bytes or len(events) == 1
 
 
 def _whole_minute_offset(moment: datetime) -> bool:

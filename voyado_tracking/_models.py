@@ -12,7 +12,7 @@ strings must be valid UTF-8 text (no lone surrogates) and at most ``MAX_TEXT`` c
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -262,3 +262,150 @@ class ProductView:
     url: str | None = attrs.field(default=None, validator=_url)
     external_referrer: str | None = attrs.field(default=None, validator=_url)
     utm: tuple[Utm, ...] = attrs.field(default=(), converter=_utms)
+
+
+# -- fast constructors ----------------------------------------------------------------------
+#
+# A shop builds one event per request, so construction is the caller's cost. attrs' generated
+# __init__ calls a converter or validator per field (about 20 Python calls for a product view).
+# The __init__ below checks the common shape of each field inline, with the same rules, and
+# hands anything else to attrs' __init__ (kept in _FULL_INIT), which decides and raises:
+# the fast path never raises and never accepts what the full validation rejects
+# (tests/test_models.py pins this with generated inputs).
+
+_NOTHING: Any = attrs.NOTHING
+_now = datetime.now
+_guid = _GUID.fullmatch
+_culture = _CULTURE.fullmatch
+_plain_url = _PLAIN_URL.fullmatch
+_FULL_INIT: dict[type, Callable[..., None]] = {
+    cls: cls.__init__ for cls in (CartItem, Cart, ProductView)
+}
+_full_item, _full_cart, _full_view = _FULL_INIT[CartItem], _FULL_INIT[Cart], _FULL_INIT[
+    ProductView
+]
+
+
+def _setters(cls: type, names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    # The slots' own descriptors: frozen classes forbid setattr, and these skip that check.
+    return tuple(cls.__dict__[name].__set__ for name in names.split())
+
+
+_set_sku, _set_quantity = _setters(CartItem, "sku quantity")
+(
+    _set_reference, _set_cart_contact, _set_items, _set_cart_time, _set_cart_language,
+    _set_cart_url,
+) = _setters(Cart, "cart_reference contact_id items time language url")
+(
+    _set_item_id, _set_contact, _set_time, _set_category, _set_session, _set_new_session,
+    _set_language, _set_url, _set_referrer, _set_utm,
+) = _setters(
+    ProductView,
+    "item_id contact_id time category session_id new_session language url external_referrer utm",
+)
+
+
+def _cart_item_init(self: CartItem, sku: str, quantity: int) -> None:
+    if (
+        type(sku) is str and sku.isascii() and 0 < len(sku) <= MAX_TEXT and not sku.isspace()
+        and type(quantity) is int and 0 <= quantity <= MAX_QUANTITY
+    ):
+        _set_sku(self, sku)
+        _set_quantity(self, quantity)
+        return
+    _full_item(self, sku, quantity)
+
+
+def _cart_init(
+    self: Cart,
+    cart_reference: str,
+    contact_id: str | UUID,
+    items: Iterable[CartItem] = (),
+    time: datetime | str = _NOTHING,
+    language: str | None = None,
+    url: str | None = None,
+) -> None:
+    checked: tuple[CartItem, ...] | None = None
+    kind = type(items)
+    if kind is tuple or kind is list:
+        checked = tuple(items)
+        for item in checked:
+            if type(item) is not CartItem:
+                checked = None
+                break
+    if (
+        checked is not None
+        and type(cart_reference) is str and cart_reference.isascii()
+        and 0 < len(cart_reference) <= MAX_TEXT and not cart_reference.isspace()
+        and type(contact_id) is str and _guid(contact_id) is not None
+        and (time is _NOTHING or (type(time) is datetime and time.tzinfo is _UTC))
+        and (language is None or (type(language) is str and len(language) <= MAX_TEXT
+                                  and _culture(language) is not None))
+        and (url is None or (type(url) is str and url.isascii() and len(url) <= MAX_URL
+                             and _plain_url(url) is not None))
+    ):
+        _set_reference(self, cart_reference)
+        _set_cart_contact(self, contact_id)
+        _set_items(self, checked)
+        _set_cart_time(self, _now(_UTC) if time is _NOTHING else time)
+        _set_cart_language(self, language)
+        _set_cart_url(self, url)
+        return
+    _full_cart(self, cart_reference, contact_id, items, time, language, url)
+
+
+def _product_view_init(
+    self: ProductView,
+    item_id: str,
+    contact_id: str | UUID,
+    time: datetime | str = _NOTHING,
+    category: str | None = None,
+    session_id: str | None = None,
+    new_session: bool | None = None,
+    language: str | None = None,
+    url: str | None = None,
+    external_referrer: str | None = None,
+    utm: Iterable[Utm] = (),
+) -> None:
+    if (
+        type(item_id) is str and item_id.isascii() and 0 < len(item_id) <= MAX_TEXT
+        and not item_id.isspace()
+        and type(contact_id) is str and _guid(contact_id) is not None
+        and (time is _NOTHING or (type(time) is datetime and time.tzinfo is _UTC))
+        and (category is None or (type(category) is str and category.isascii()
+                                  and 0 < len(category) <= MAX_TEXT and not category.isspace()))
+        and (session_id is None or (type(session_id) is str and session_id.isascii()
+                                    and 0 < len(session_id) <= MAX_TEXT
+                                    and not session_id.isspace()))
+        and (new_session is None or type(new_session) is bool)
+        and (language is None or (type(language) is str and len(language) <= MAX_TEXT
+                                  and _culture(language) is not None))
+        and (url is None or (type(url) is str and url.isascii() and len(url) <= MAX_URL
+                             and _plain_url(url) is not None))
+        and (external_referrer is None or (
+            type(external_referrer) is str and external_referrer.isascii()
+            and len(external_referrer) <= MAX_URL and _plain_url(external_referrer) is not None
+        ))
+        and type(utm) is tuple and not utm
+    ):
+        _set_item_id(self, item_id)
+        _set_contact(self, contact_id)
+        _set_time(self, _now(_UTC) if time is _NOTHING else time)
+        _set_category(self, category)
+        _set_session(self, session_id)
+        _set_new_session(self, new_session)
+        _set_language(self, language)
+        _set_url(self, url)
+        _set_referrer(self, external_referrer)
+        _set_utm(self, utm)
+        return
+    _full_view(self, item_id, contact_id, time, category, session_id, new_session, language,
+               url, external_referrer, utm)
+
+
+for _cls, _init in ((CartItem, _cart_item_init), (Cart, _cart_init),
+                    (ProductView, _product_view_init)):
+    _init.__doc__ = _FULL_INIT[_cls].__doc__
+    _init.__qualname__ = f"{_cls.__name__}.__init__"
+    setattr(_cls, "__init__", _init)  # noqa: B010 (mypy: no assignment to a method)
+del _cls, _init

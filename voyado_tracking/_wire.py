@@ -4,6 +4,8 @@ One cattrs converter, built once at import, turns models into wire dicts: field 
 to camelCase by a hook factory, absent optional fields omitted (never ``null``), ``time`` in
 ISO 8601 with the event's own offset, and a cart's ``items`` always present (``[]`` for an
 emptied cart, which is what stops Engage's abandoned-cart mail). orjson makes the bytes.
+For speed the two event types' functions are written out by hand (one per request in a shop,
+on the event loop); the tests pin them equal to the converter's, which stays the reference.
 
 The way back (wire dict to model) is written by hand rather than left to cattrs: cattrs'
 primitive hooks coerce (``str(5)``, ``int("3")``), which would hide exactly the bad input we
@@ -92,8 +94,51 @@ def _unstructure_factory(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
 
 _converter.register_unstructure_hook_factory(attrs.has, _unstructure_factory)
 
-_TO_WIRE: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
+
+
+def _cart_to_wire(cart: Cart) -> dict[str, Any]:
+    # The converter's function for Cart, written out: each item's dict inline instead of a
+    # call per item, `is not None` instead of `!= None` (tests/test_wire.py pins the two equal).
+    wire = {
+        "cartReference": cart.cart_reference,
+        "contactId": cart.contact_id,
+        "items": [{"sku": item.sku, "quantity": item.quantity} for item in cart.items],
+        "time": cart.time,
+    }
+    if cart.language is not None:
+        wire["language"] = cart.language
+    if cart.url is not None:
+        wire["url"] = cart.url
+    return wire
+
+
+def _view_to_wire(view: ProductView) -> dict[str, Any]:
+    # The converter's function for ProductView, written out (see _cart_to_wire).
+    wire: dict[str, Any] = {"itemId": view.item_id, "contactId": view.contact_id,
+                            "time": view.time}
+    if view.category is not None:
+        wire["category"] = view.category
+    if view.session_id is not None:
+        wire["sessionId"] = view.session_id
+    if view.new_session is not None:
+        wire["newSession"] = view.new_session
+    if view.language is not None:
+        wire["language"] = view.language
+    if view.url is not None:
+        wire["url"] = view.url
+    if view.external_referrer is not None:
+        wire["externalReferrer"] = view.external_referrer
+    if view.utm:
+        wire["utm"] = [{"key": utm.key, "value": utm.value} for utm in view.utm]
+    return wire
+
+
+# The converter's own functions stay the reference (CONVERTER_TO_WIRE, for the tests).
+CONVERTER_TO_WIRE: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
     cls: _converter.get_unstructure_hook(cls) for cls in (Cart, ProductView)
+}
+_TO_WIRE: Final[dict[type, Callable[[Any], dict[str, Any]]]] = {
+    Cart: _cart_to_wire, ProductView: _view_to_wire,
 }
 
 
@@ -102,10 +147,19 @@ def event_to_wire(event: Event) -> dict[str, Any]:
     return _TO_WIRE[type(event)](event)
 
 
+def _to_wire_default(event: Any) -> dict[str, Any]:
+    # orjson's ``default``: called for each event as orjson meets it in a list, so one wire
+    # dict is alive at a time and the whole body is one buffer (see encode_batch).
+    try:
+        return _TO_WIRE[type(event)](event)
+    except KeyError:
+        raise TypeError(f"not a Cart or ProductView: {type(event).__name__}") from None
+
+
 def dumps(events: Iterable[Event]) -> bytes:
     """The JSON array body of a batch request."""
-    to_wire = _TO_WIRE
-    return orjson.dumps([to_wire[type(e)](e) for e in events])
+    return orjson.dumps(events if isinstance(events, list) else list(events),
+                        default=_to_wire_default)
 
 
 def dumps_one(event: Event) -> bytes:
@@ -226,28 +280,33 @@ def size_hint(event: Event) -> int:
 
 
 def encode_parts(events: list[Event]) -> list[bytes]:
-    """Each event's JSON on its own.
-
-    One wire dict is alive at a time, so encoding allocates no batch of GC-tracked containers:
-    a list of 500 dicts would survive collections, get promoted and eventually trigger a full
-    collection over every buffered event, stalling the loop for tens of milliseconds.
-    """
+    """Each event's JSON on its own (to split a batch that is over the byte limit)."""
     to_wire, dumps_ = _TO_WIRE, orjson.dumps
     return [dumps_(to_wire[type(e)](e)) for e in events]
 
 
 def encode_batch(events: list[Event]) -> bytes:
-    """The JSON array body of a batch request, encoded event by event."""
-    return b"[" + b",".join(encode_parts(events)) + b"]"
+    """The JSON array body of a batch request, in one orjson call and one buffer.
+
+    orjson asks ``default`` for each event's wire dict as it goes, so one wire dict is alive
+    at a time: no batch of GC-tracked containers (a list of 500 dicts would survive
+    collections, get promoted and eventually trigger a full collection over every buffered
+    event, stalling the loop), and no 500 separate ``bytes`` to join (each one a malloc'd
+    buffer: the heap grew and was trimmed by about 1.5 MB per batch, 300-400 page faults).
+    The bytes are those of ``b"[" + b",".join(encode_parts(events)) + b"]"``.
+    """
+    return orjson.dumps(events, default=_to_wire_default)
 
 
 def split_bodies(
     events: list[Event], max_bytes: int
 ) -> list[tuple[list[Event], bytes]]:
     """Request bodies of at most *max_bytes* each, in order (a lone larger event goes alone)."""
+    body = encode_batch(events)
+    if len(body) <= max_bytes or len(events) == 1:
+        return [(events, body)]
+    del body
     parts = encode_parts(events)
-    if sum(map(len, parts)) + len(parts) + 1 <= max_bytes or len(events) == 1:
-        return [(events, b"[" + b",".join(parts) + b"]")]
     bodies: list[tuple[list[Event], bytes]] = []
     start, size = 0, 2  # the brackets
     for index, part in enumerate(parts):
