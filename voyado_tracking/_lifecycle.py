@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["AsyncClosing", "call_threadsafe"]
+__all__ = ["AsyncClosing", "call_threadsafe", "stop_tasks"]
+
+log = logging.getLogger("voyado_tracking")
 
 _T = TypeVar("_T", bound="AsyncClosing")
 
@@ -50,3 +53,23 @@ def call_threadsafe(
 
     loop.call_soon_threadsafe(run)
     return future
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], grace: float, cancel: bool = True) -> None:
+    """Wait up to *grace* seconds for *tasks* to end (cancelling them first if *cancel*), then
+    cancel what is left and give it a second more: never an unbounded wait on a task that a
+    library might keep from ending (a cancellation swallowed by a client library must not
+    hang a shutdown)."""
+    pending = [task for task in tasks if not task.done()]
+    if cancel:
+        for task in pending:
+            task.cancel()
+    if not pending:
+        return
+    _, left = await asyncio.wait(pending, timeout=max(grace, 0.01))
+    for task in left:
+        task.cancel()
+    if left:
+        _, stuck = await asyncio.wait(left, timeout=1.0)
+        if stuck:
+            log.error("%d background task(s) did not stop; abandoning them", len(stuck))

@@ -37,7 +37,7 @@ from .._buffer import BufferStats
 from .._client import TrackingClient
 from .._clock import MonotonicClock, wait_until
 from .._errors import ClientClosedError, InvalidEventError, VoyadoError
-from .._lifecycle import AsyncClosing
+from .._lifecycle import AsyncClosing, stop_tasks
 from .._losslog import LossLog
 from .._retry import RetryPolicy
 from .._sender import Sender
@@ -50,6 +50,7 @@ from ._stream import (
     DEFAULT_STREAM,
     REDIS_ERRORS,
     RedisUrl,
+    close_client,
     connect,
     dead_entry,
     dead_stream,
@@ -67,6 +68,7 @@ _CHUNK: Final = 500  # ids per XACK / XDEL / XCLAIM command
 _RELEASED_IDLE_MS: Final = 10 * 365 * 86_400_000  # "idle for years": claimable at once
 _BACKOFF: Final = RetryPolicy(max_attempts=None, initial_backoff=0.1, max_backoff=5.0,
                               max_elapsed=1e12)
+_READ_BLOCK_MAX: Final = 0.5  # seconds an XREADGROUP may block
 _POLL: Final = 0.05  # flush() re-checks the stream this often (other forwarders work too)
 
 
@@ -125,6 +127,7 @@ class Forwarder(AsyncClosing):
         self._cursor = "0"  # own pending entries first, then ">" (new ones)
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"
+        self._reading = True  # the reader's loop goes on while this holds
         self._losses = LossLog()
         self._bad_entries = 0
         self.claimed = 0
@@ -212,19 +215,20 @@ class Forwarder(AsyncClosing):
             if started:
                 await self._finish(deadline, grace)
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop_tasks(self._tasks, grace)
             self._state = "closed"
             self._losses.flush()
             if self._owns_redis:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self._redis.aclose()
+                await close_client(self._redis)
 
     async def _finish(self, deadline: float, grace: float) -> None:
-        reader = self._tasks[0]
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        # The reader stops at its next turn rather than by cancellation: a command cancelled
+        # between request and reply can leave a redis-py connection waiting forever (redis-py
+        # issues 2579 and 2624), and a read blocks at most half a second anyway. A short
+        # close cancels it all the same: every wait below is bounded.
+        self._reading = False
+        budget = min(_READ_BLOCK_MAX + 0.5, deadline - grace - self._clock.now())
+        await stop_tasks(self._tasks[:1], budget, cancel=False)
         if self._store.held and not self.client.closed:
             self._sender.forcing += 1
             self._sender.wake()
@@ -268,7 +272,7 @@ class Forwarder(AsyncClosing):
     async def _read_loop(self) -> None:
         failures = 0
         next_claim = 0.0
-        while True:
+        while self._reading:
             try:
                 room = self.settings.max_pending - self._store.held
                 if room <= 0:
@@ -296,7 +300,7 @@ class Forwarder(AsyncClosing):
         if count <= 0:
             return
         own = self._cursor != ">"
-        block = None if own else max(1, int(min(0.5, self.claim_idle / 3) * 1000))
+        block = None if own else max(1, int(min(_READ_BLOCK_MAX, self.claim_idle / 3) * 1000))
         reply = await self._redis.xreadgroup(
             self.group, self.consumer, {self.stream: self._cursor}, count=count, block=block
         )
@@ -438,3 +442,4 @@ def _entries(reply: Any) -> list[Any]:
         return []
     streams = reply.values() if isinstance(reply, dict) else (s[1:] for s in reply)
     return [entry for stream in streams for part in stream for entry in part]
+

@@ -22,7 +22,7 @@ from typing import Final
 
 from .._errors import RateLimitError, TransportError
 from .._validators import check_positive
-from ._stream import REDIS_ERRORS, RedisUrl, connect
+from ._stream import REDIS_ERRORS, RedisUrl, close_client, connect
 
 __all__ = ["RedisRateLimiter", "key_for"]
 
@@ -152,7 +152,7 @@ class RedisRateLimiter:
     async def aclose(self) -> None:
         """Close the Redis connection pool (a client passed in is left open)."""
         if self._owns_redis:
-            await self._redis.aclose()
+            await close_client(self._redis)
 
 
 def _unreachable(error: BaseException) -> TransportError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import enum
 import functools
 import logging
@@ -32,14 +31,14 @@ import attrs
 from .._clock import Clock, MonotonicClock, wait_until
 from .._errors import BufferClosedError, BufferFullError
 from .._eventfile import append_events
-from .._lifecycle import AsyncClosing, call_threadsafe
+from .._lifecycle import AsyncClosing, call_threadsafe, stop_tasks
 from .._losslog import LossLog
 from .._models import Cart, ProductView
 from .._retry import RetryPolicy
 from .._settings import FlushSettings
 from .._store import KINDS, Batch, DropReason, PendingStore
 from .._wire import Event
-from ._stream import DEFAULT_STREAM, REDIS_ERRORS, RedisUrl, connect, encode_entry
+from ._stream import DEFAULT_STREAM, REDIS_ERRORS, RedisUrl, close_client, connect, encode_entry
 
 __all__ = ["OutboxStats", "RedisOutbox"]
 
@@ -215,8 +214,7 @@ class RedisOutbox(AsyncClosing):
                 self._losses.flush()
                 self._progress.set()
                 if self._owns_redis:
-                    with contextlib.suppress(*REDIS_ERRORS):
-                        await self._redis.aclose()
+                    await close_client(self._redis)
 
     async def __aenter__(self) -> RedisOutbox:
         self._start()
@@ -252,9 +250,7 @@ class RedisOutbox(AsyncClosing):
     async def _stop_task(self) -> None:
         task = self._task
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task], 1.0)
         # A write cancelled mid-pipeline: its events may or may not be in Redis. Keep them
         # (a duplicate view beats a lost one); they are spooled with the rest.
         now = self._clock.now()

@@ -14,6 +14,8 @@ dead-lettered, so what the stream holds is exactly what is still undelivered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_STREAM",
     "FORMAT_VERSION",
     "REDIS_ERRORS",
+    "close_client",
     "RedisUrl",
     "connect",
     "dead_entry",
@@ -71,6 +74,13 @@ def connect(redis_url: RedisUrl) -> tuple[aioredis.Redis, bool]:
         redis_url, socket_connect_timeout=2.0, socket_timeout=10.0, decode_responses=False
     )
     return client, True
+
+
+async def close_client(client: aioredis.Redis, timeout: float = 2.0) -> None:
+    """Close a client we own, in bounded time and without raising (a connection that a
+    cancelled command left waiting must not hang a shutdown)."""
+    with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+        await asyncio.wait_for(client.aclose(), timeout)
 
 
 def dead_stream(stream: str) -> str:
