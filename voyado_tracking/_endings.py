@@ -21,7 +21,7 @@ from ._settings import FlushSettings
 from ._store import DropReason, PendingStore
 from ._wire import Event
 
-__all__ = ["Endings"]
+__all__ = ["DeadLetterHook", "Endings", "report_dead_letters"]
 
 log = logging.getLogger("voyado_tracking")
 
@@ -74,12 +74,7 @@ class Endings:
         self.store.resolved(len(events), "dead_lettered")
         self.losses.record(f"dead:{type(error).__name__}", len(events), "dead-lettered",
                            str(error))
-        if self._on_dead_letter is not None:
-            for event in events:
-                try:
-                    self._on_dead_letter(event, error)
-                except Exception:
-                    log.exception("on_dead_letter callback failed")
+        report_dead_letters(self._on_dead_letter, events, error)
 
     def dropped(self, event: Event, reason: DropReason) -> None:
         if self.journal is not None:
@@ -129,3 +124,19 @@ class Endings:
             "dropped %d undelivered events at shutdown (set spool_path to keep them)",
             len(events),
         )
+
+
+DeadLetterHook = Callable[[Event, VoyadoError], object]
+
+
+def report_dead_letters(
+    hook: DeadLetterHook | None, events: list[Event], error: VoyadoError
+) -> None:
+    """Call the user's ``on_dead_letter`` for each event; a failing callback is logged."""
+    if hook is None:
+        return
+    for event in events:
+        try:
+            hook(event, error)
+        except Exception:
+            log.exception("on_dead_letter callback failed")

@@ -36,6 +36,7 @@ import redis.exceptions
 from .._buffer import BufferStats
 from .._client import TrackingClient
 from .._clock import MonotonicClock, wait_until
+from .._endings import report_dead_letters
 from .._errors import ClientClosedError, InvalidEventError, VoyadoError
 from .._lifecycle import AsyncClosing, stop_tasks
 from .._losslog import LossLog
@@ -373,12 +374,7 @@ class Forwarder(AsyncClosing):
         self._commit_wake.set()
         self._losses.record(f"dead:{type(error).__name__}", len(events),
                             f"dead-lettered to {dead_stream(self.stream)}", str(error))
-        if self._on_dead_letter is not None:
-            for event in events:
-                try:
-                    self._on_dead_letter(event, error)
-                except Exception:
-                    log.exception("on_dead_letter callback failed")
+        report_dead_letters(self._on_dead_letter, events, error)
 
     async def _commit_loop(self) -> None:
         failures = 0
