@@ -30,6 +30,17 @@ def cart(ref: str, second: int = 0, *skus: str) -> vt.Cart:
                    time=f"2024-05-01T10:00:{second:02d}Z")
 
 
+FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
+                            max_elapsed=30.0)
+
+
+def fast_settings(**overrides: Any) -> vt.FlushSettings:
+    """Flush settings for tests: 50 ms interval, quick retries, a 5 s shutdown."""
+    values: dict[str, Any] = {"flush_interval": 0.05, "retry": FAST_RETRY, "shutdown_timeout": 5.0}
+    values.update(overrides)
+    return vt.FlushSettings(**values)
+
+
 async def eventually(
     condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
 ) -> None:

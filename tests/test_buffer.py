@@ -14,20 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTACT, cart, eventually, view
+from conftest import CONTACT, cart, eventually, fast_settings, view
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import line_to_event
 from voyado_tracking.testing import FakeClock, FakeVoyado, Fault
 
-FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
-                            max_elapsed=30.0)
-
-
-def settings(**overrides: Any) -> vt.FlushSettings:
-    values: dict[str, Any] = {"flush_interval": 0.05, "retry": FAST_RETRY, "shutdown_timeout": 5.0}
-    values.update(overrides)
-    return vt.FlushSettings(**values)
+settings = fast_settings
 
 
 # -- delivery and triggers ----------------------------------------------------------------

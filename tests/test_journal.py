@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTACT, cart, view
+from conftest import CONTACT, FAST_RETRY, cart, fast_settings, view
 
 import voyado_tracking as vt
 from voyado_tracking.testing import Chaos, FakeVoyado
 
-FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
-                            max_elapsed=30.0)
-
 
 def settings(**overrides: Any) -> vt.FlushSettings:
-    values: dict[str, Any] = {"flush_interval": 0.05, "retry": FAST_RETRY, "shutdown_timeout": 2.0}
-    values.update(overrides)
-    return vt.FlushSettings(**values)
+    return fast_settings(**{"shutdown_timeout": 2.0, **overrides})
 
 
 def buffer(client: vt.TrackingClient, directory: Path, **overrides: Any) -> vt.TrackingBuffer:

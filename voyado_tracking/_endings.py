@@ -17,8 +17,9 @@ from ._errors import ClientClosedError, VoyadoError
 from ._eventfile import append_events
 from ._journal import Journaling
 from ._losslog import LossLog
+from ._records import DropReason
 from ._settings import FlushSettings
-from ._store import DropReason, PendingStore
+from ._store import PendingStore
 from ._wire import Event
 
 __all__ = ["DeadLetterHook", "Endings", "report_dead_letters"]

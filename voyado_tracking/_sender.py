@@ -33,8 +33,9 @@ from ._clock import Clock
 from ._delays import DeliveryDelays
 from ._errors import ApiError, AuthenticationError, ClientClosedError, VoyadoError
 from ._losslog import LossLog
+from ._records import KINDS, Batch, Kind
 from ._settings import FlushSettings
-from ._store import KINDS, Batch, Kind, PendingStore
+from ._store import PendingStore
 from ._transport import Send
 from ._wire import CARTS_BATCH, PRODUCT_VIEWS, Event, encode_batch, split_bodies
 

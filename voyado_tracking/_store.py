@@ -20,89 +20,16 @@ from typing import Literal
 
 from ._errors import BufferFullError
 from ._models import Cart, ProductView
+from ._records import Batch, CartEntry, DropReason, Kind
 from ._settings import FlushSettings
 from ._wire import Event, size_hint
 
-__all__ = ["Batch", "DropReason", "Kind", "PendingStore"]
-
-Kind = Literal["carts", "product_views"]
-DropReason = Literal["overflow", "shutdown", "expired"]
-KINDS: tuple[Kind, Kind] = ("carts", "product_views")
-
-
-class Batch:
-    """Events taken together from one stream, with what must survive a failed attempt."""
-
-    __slots__ = (
-        "attempts", "events", "first_at", "first_failure", "kind", "mark", "not_before", "seqs",
-        "times",
-    )
-
-    def __init__(
-        self,
-        kind: Kind,
-        events: list[Event],
-        first_at: float,
-        mark: int,
-        seqs: list[int] | None = None,
-        attempts: int = 0,
-        first_failure: float = 0.0,
-        not_before: float = 0.0,
-        times: list[float] | None = None,
-    ) -> None:
-        self.kind = kind
-        self.events = events
-        self.first_at = first_at  # arrival of its oldest event
-        # The smallest arrival number among its events (views: position in arrival order;
-        # carts: first-arrival number), for flush() to know whether it waits for this batch.
-        self.mark = mark
-        self.seqs = seqs  # carts: each cart's first-arrival number
-        # The retry budget travels with the events, not with the stream: a success elsewhere
-        # in the stream must not give a batch that keeps failing a fresh budget.
-        self.attempts = attempts
-        self.first_failure = first_failure
-        self.not_before = not_before
-        # Each event's arrival (carts: of the first update still pending), for the delivery
-        # delay; taken at take(), so enqueue does no extra work.
-        self.times = times
-
-    def times_of(self, events: list[Event]) -> list[float]:
-        """The arrival times of *events*, some (or all) of this batch's events."""
-        times = self.times
-        if times is None:
-            return [self.first_at] * len(events)
-        if len(events) == len(self.events):  # chunks never overlap: the whole batch
-            return times
-        time_of = dict(zip(map(id, self.events), times, strict=False))
-        return [time_of.get(id(event), self.first_at) for event in events]
-
-
-class _CartEntry:
-    """A pending (or retrying) cart: its latest update and what it keeps across updates."""
-
-    __slots__ = ("attempts", "cart", "first_at", "first_failure", "not_before", "seq")
-
-    def __init__(
-        self,
-        cart: Cart,
-        first_at: float,
-        seq: int,
-        attempts: int = 0,
-        first_failure: float = 0.0,
-        not_before: float = 0.0,
-    ) -> None:
-        self.cart = cart
-        self.first_at = first_at  # arrival of the first update still pending
-        self.seq = seq  # first-arrival number, for flush()
-        self.attempts = attempts
-        self.first_failure = first_failure
-        self.not_before = not_before
-
+__all__ = ["PendingStore"]
 
 class PendingStore:
     """The pending events of one buffer. Pure: no I/O, no loop, time passed in as ``now``.
 
-    Carts live in an ordered map ``cart_reference -> _CartEntry``; an update replaces the cart
+    Carts live in an ordered map ``cart_reference -> CartEntry``; an update replaces the cart
     in place and keeps the entry's place and age.
     Product views live in a FIFO. A view batch that failed waits in ``retry_views`` as it was,
     so its retry budget stays its own and no newer event joins it. A cart that failed waits in
@@ -119,10 +46,10 @@ class PendingStore:
     ) -> None:
         self.settings = settings
         self._on_drop = on_drop
-        self.carts: OrderedDict[str, _CartEntry] = OrderedDict()
+        self.carts: OrderedDict[str, CartEntry] = OrderedDict()
         self.cart_bytes = 0
         self.cart_arrivals = 0  # first-arrival numbers handed out so far
-        self.retry_carts: OrderedDict[str, _CartEntry] = OrderedDict()
+        self.retry_carts: OrderedDict[str, CartEntry] = OrderedDict()
         self.views: deque[ProductView] = deque()
         self.view_times: deque[float] = deque()
         self.view_bytes = 0
@@ -202,7 +129,7 @@ class PendingStore:
         if self.held >= self.settings.max_pending and not self._make_room(cart):
             return False
         self.enqueued += 1
-        self.carts[cart.cart_reference] = _CartEntry(cart, now, self.cart_arrivals)
+        self.carts[cart.cart_reference] = CartEntry(cart, now, self.cart_arrivals)
         self.cart_arrivals += 1
         self.cart_bytes += size_hint(cart)
         n = len(self.carts)
@@ -329,7 +256,7 @@ class PendingStore:
                 ready.append(reference)
                 if len(ready) == limit:
                     break
-        entries: list[_CartEntry]
+        entries: list[CartEntry]
         if ready:  # retried carts go first, in batches of their own
             entries = [self.retry_carts.pop(reference) for reference in ready]
         elif self.carts:
@@ -389,7 +316,7 @@ class PendingStore:
                 if cart.time <= entry.cart.time:
                     cart = entry.cart
                 first_at, seq = min(first_at, entry.first_at), min(seq, entry.seq)
-            self.retry_carts[reference] = _CartEntry(
+            self.retry_carts[reference] = CartEntry(
                 cart, first_at, seq, attempts, first_failure, not_before
             )
 

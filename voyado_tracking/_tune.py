@@ -26,8 +26,9 @@ import attrs
 
 from ._delays import percentile
 from ._models import Cart, CartItem, ProductView
+from ._records import KINDS, Batch, Kind
 from ._settings import FlushSettings
-from ._store import KINDS, Batch, Kind, PendingStore
+from ._store import PendingStore
 from ._wire import Event
 
 __all__ = [

@@ -34,9 +34,10 @@ from .._eventfile import append_events
 from .._lifecycle import AsyncClosing, call_threadsafe, stop_tasks
 from .._losslog import LossLog
 from .._models import Cart, ProductView
+from .._records import KINDS, Batch, DropReason
 from .._retry import RetryPolicy
 from .._settings import FlushSettings
-from .._store import KINDS, Batch, DropReason, PendingStore
+from .._store import PendingStore
 from .._wire import Event
 from ._stream import DEFAULT_STREAM, REDIS_ERRORS, RedisUrl, close_client, connect, encode_entry
 

@@ -2,7 +2,8 @@
 seeded shop-traffic simulator with the oracle of what Voyado should end up holding."""
 
 from ._clock import FakeClock
-from ._fake import Chaos, FakeVoyado, Fault, RecordedRequest
+from ._fake import FakeVoyado
+from ._faults import Chaos, Fault, RecordedRequest
 from ._shop import latest_carts, shop_traffic
 
 __all__ = [
