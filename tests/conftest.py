@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -101,3 +102,10 @@ async def client(fake: FakeVoyado) -> AsyncIterator[vt.TrackingClient]:
 def closed_port_url() -> str:
     """A loopback URL where connections are refused."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+def run_then_collect(main: Coroutine[Any, Any, None]) -> None:
+    """Run *main* in a new loop, then collect garbage: an object it dropped is collected
+    when unreferenced, or at the latest here."""
+    asyncio.run(main)
+    gc.collect()

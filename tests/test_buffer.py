@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTACT, cart, eventually, fast_settings, view
+from conftest import CONTACT, cart, eventually, fast_settings, run_then_collect, view
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import line_to_event
@@ -480,9 +480,8 @@ def test_unclosed_buffer_holding_events_warns_when_collected() -> None:
         buffer = vt.TrackingBuffer(client, settings(flush_interval=3600))
         buffer.enqueue(view("p1"))
 
-    asyncio.run(forget_to_close())
     with pytest.warns(ResourceWarning, match="1 undelivered events"):
-        gc.collect()
+        run_then_collect(forget_to_close())
 
 
 async def test_buffer_logs_never_contain_the_api_key(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 import re
 import subprocess
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cart, view
+from conftest import cart, run_then_collect, view
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import line_to_event
@@ -81,9 +79,8 @@ def test_a_collected_buffer_that_was_never_closed_logs_an_error_with_the_count(
         buffer.enqueue(view("p1"))
         buffer.enqueue(cart("c1", 1, "sku"))
 
-    asyncio.run(forget_to_close())
     with pytest.warns(ResourceWarning):
-        gc.collect()
+        run_then_collect(forget_to_close())
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("never closed" in m and "2 undelivered events" in m for m in errors), errors
 

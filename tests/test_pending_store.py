@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._buffer import PendingStore
+from voyado_tracking._store import PendingStore
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
@@ -265,14 +265,14 @@ def test_settled_tells_whether_events_before_a_mark_are_still_held() -> None:
     s, _ = store(max_batch_size=2)
     s.add(view("p0"), now=0)
     s.add(cart("c0", "2024-05-01T10:00:00Z"), now=0)
-    view_mark, cart_mark = s.marks()
+    marks = s.marks()
     s.add(view("p1"), now=0)
-    assert not s.settled(view_mark, cart_mark)
+    assert not s.settled(marks)
     s.take("product_views", now=0)  # p0 and p1 in flight: no longer pending
     s.take("carts", now=0)
-    assert s.settled(view_mark, cart_mark)
+    assert s.settled(marks)
     s.add(view("p2"), now=0)
-    assert s.settled(view_mark, cart_mark)  # arrived after the mark
+    assert s.settled(marks)  # arrived after the mark
 
 
 # -- memory bound and overflow ------------------------------------------------------------

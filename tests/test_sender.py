@@ -11,8 +11,8 @@ import pytest
 from conftest import cart, view
 
 import voyado_tracking as vt
+from voyado_tracking._outcomes import Outcomes
 from voyado_tracking._sender import Sender
-from voyado_tracking._store import PendingStore
 from voyado_tracking.testing import FakeClock
 from voyado_tracking.testing._clock import settle
 
@@ -54,18 +54,14 @@ class Rig:
         self.settings = vt.FlushSettings(**values)
         self.clock = FakeClock()
         self.send = FakeSend()
-        self.store = PendingStore(self.settings)
         self.final: list[tuple[str, type[vt.VoyadoError]]] = []
-        self.sender = Sender(
-            self.store, self.send, self.settings, clock=self.clock,
-            on_final=self._final, on_progress=lambda: None,
-        )
+        self.outcomes = Outcomes(self.settings, self.clock, on_dead_letter=self._final)
+        self.store = self.outcomes.store
+        self.sender = Sender(self.outcomes, self.send, self.settings, clock=self.clock)
 
-    def _final(self, events: list[Any], error: vt.VoyadoError) -> None:
-        self.store.resolved(len(events), "dead_lettered")
-        for event in events:
-            self.final.append((getattr(event, "item_id", None) or event.cart_reference,
-                               type(error)))
+    def _final(self, event: Any, error: vt.VoyadoError) -> None:
+        self.final.append((getattr(event, "item_id", None) or event.cart_reference,
+                           type(error)))
 
     def add(self, *events: Any) -> None:
         for event in events:
@@ -234,7 +230,7 @@ async def test_a_closed_client_is_final_at_once_not_retried(rig: Callable[..., R
     r.add(view("p1"), view("p2"))
     await settle()
     assert [kind for _, kind in r.final] == [ClientClosedError] * 2
-    assert r.sender.retries == 0
+    assert r.outcomes.retries == 0
 
 
 # -- crashes and shutdown -----------------------------------------------------------------

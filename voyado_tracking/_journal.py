@@ -1,9 +1,11 @@
 """The durable journal: what a buffer holds survives ``kill -9`` (opt-in, stdlib sqlite3).
 
 :class:`Journal` is the configuration a user passes to ``TrackingBuffer(..., journal=...)``.
-:class:`Journaling` is the buffer's side of it, on the event loop: the buffer calls it at a
-few points (an event taken, events delivered or dropped, room freed, close) and it talks to
-the writer thread (``_journal_writer``) through a deque, never touching SQLite itself.
+:class:`Journaling` is the buffer's side of it, on the event loop: the buffer's intake
+appends each event to it before the store takes it, and as the buffer's :class:`Keeper` it
+hears from :class:`Outcomes` where events end (delivered, dead-lettered, dropped, kept at
+close, room freed). It talks to the writer thread (``_journal_writer``) through a deque,
+never touching SQLite itself; what it recovers goes into the store through ``Outcomes``.
 
 Rows and events: ``enqueue`` only appends the event to the writer's queue; the writer thread
 numbers the views and keeps the ``id(view) -> row`` map (see ``_journal_writer``). When events
@@ -32,11 +34,12 @@ from typing import Any, Final, Literal
 import attrs
 
 from ._clock import Clock
-from ._errors import BufferFullError
+from ._errors import VoyadoError
 from ._journal_rows import Mark
 from ._journal_writer import Loaded, Source, Writer, post_to
 from ._models import Cart, ProductView
-from ._store import PendingStore
+from ._outcomes import Outcomes
+from ._records import Marks
 from ._validators import attrs_int_at_least, attrs_positive
 from ._wire import Event
 
@@ -85,12 +88,11 @@ class Journaling:
     def __init__(
         self,
         journal: Journal,
-        store: PendingStore,
+        outcomes: Outcomes,
         owner: str,
         *,
         clock: Clock,
         wake: Callable[[], None],
-        notify: Callable[[], None],
         spooling: bool = False,
     ) -> None:
         if not isinstance(journal, Journal):
@@ -99,19 +101,21 @@ class Journaling:
             log.info("a TrackingBuffer with a journal keeps undelivered events in the journal "
                      "at close; spool_path gets only what the journal could not keep")
         self.journal = journal
-        self._store = store
+        self._outcomes = outcomes
+        self._store = outcomes.store
         self._owner = owner
         self._clock = clock
         self._wake = wake
-        self._notify = notify
         self._writer: Writer | None = None
         self._ops: deque[Any] = deque()
-        self._append: Callable[[Event], None] = self._unjournaled  # the writer's ops.append
+        # The intake calls this for every event, before the store takes it: the writer's
+        # ops.append while the journal writes, else a counter.
+        self.append: Callable[[Event], None] = self._unjournaled
         self._recovered: dict[int, tuple[Source, int]] = {}  # id(view) -> (file, row)
         self._parked: deque[Loaded] = deque()  # recovered, waiting for room
         self._asking = False  # a recovery request is out
         self._read_all = False  # the writer has posted every recovered event
-        self._recovery_marks: tuple[int, int] | None = None  # store marks when it ended
+        self._recovery_marks: Marks | None = None  # store marks when it ended
         self._committed = asyncio.Event()
         self._closed: asyncio.Future[None] | None = None
         self._closing = False
@@ -137,9 +141,7 @@ class Journaling:
         )
         self._writer = writer
         self._ops = writer.ops
-        self._append = writer.ops.append
-        self._add_view, self._add_cart = self._store.add_view, self._store.add_cart
-        self._now = self._clock.now
+        self.append = writer.ops.append
         writer.start()
         self._ask()
 
@@ -158,7 +160,7 @@ class Journaling:
 
     def _on_commit(self) -> None:
         if self._writer is not None and not self._writer.writing:
-            self._append = self._unjournaled  # the writer would only count them
+            self.append = self._unjournaled  # the writer would only count them
         self._committed.set()
 
     def _unjournaled(self, event: Event) -> None:
@@ -169,33 +171,16 @@ class Journaling:
             self._closed.set_result(None)
         self._committed.set()
 
-    # -- intake and outcomes ------------------------------------------------------------------
+    # -- where events end (the Keeper of the buffer's Outcomes) --------------------------------
 
-    def enqueue(self, event: Event) -> None:
-        """``TrackingBuffer.enqueue`` with a journal: append *event* for writing, then store it.
+    def sent(self, events: list[Event]) -> None:
+        self.resolved(events)
 
-        Appended first: if the store drops the event (overflow), its row goes again. This is
-        the caller's cost: one append, the writer thread does the rest.
-        """
-        kind = type(event)
-        if kind is ProductView:
-            self._append(event)
-            try:
-                wake = self._add_view(event, self._now())  # type: ignore[arg-type]
-            except BufferFullError:
-                self.resolved([event])
-                raise
-        elif kind is Cart:
-            self._append(event)
-            try:
-                wake = self._add_cart(event, self._now())  # type: ignore[arg-type]
-            except BufferFullError:
-                self.resolved([event])
-                raise
-        else:
-            raise TypeError(f"enqueue() takes a Cart or ProductView, got {kind.__name__}")
-        if wake:
-            self._wake()
+    def dead(self, events: list[Event], error: VoyadoError) -> None:
+        self.resolved(events)
+
+    def dropped(self, event: Event) -> None:
+        self.resolved([event])
 
     def resolved(self, events: list[Event]) -> None:
         """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
@@ -218,11 +203,9 @@ class Journaling:
             self._ops.append((op, by_source))
         return rest
 
-    def keep(self, events: list[Event], *, in_flight: bool = False) -> list[Event]:
-        """At close: the *events* that stay in the journal count as spooled; return the rest.
-
-        *in_flight*: they were taken from the store for a send (else drained from it).
-        """
+    def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
+        """At close: the *events* that stay in the journal (they count as spooled); return
+        the rest. *in_flight*: they were taken from the store for a send (else drained)."""
         writer = self._writer
         own = self._pop_recovered(events, "kept") if self._recovered else events
         rest: list[Event] = []
@@ -235,10 +218,7 @@ class Journaling:
         if writer is not None:
             self._ops.append(("forget", own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)
-        if in_flight:
-            self._store.resolved(kept_count, "spooled")
-        elif kept_count:
-            self._store.count_spooled(kept_count)
+        if kept_count and not in_flight:
             log.warning("%d undelivered events stay in the journal in %s for the next start",
                         kept_count, self.journal.directory)
         return rest
@@ -303,14 +283,14 @@ class Journaling:
             self._take_parked()
             self._ask()
 
-    def flush_marks(self, view_mark: int, cart_mark: int) -> tuple[int, int] | None:
+    def flush_marks(self, marks: Marks) -> Marks | None:
         """The store marks flush() must wait for: None while recovery is still loading."""
         if self._writer is None:
-            return view_mark, cart_mark
-        marks = self._recovery_marks
-        if marks is None:
+            return marks
+        recovery = self._recovery_marks
+        if recovery is None:
             return None
-        return max(view_mark, marks[0]), max(cart_mark, marks[1])
+        return {kind: max(mark, recovery[kind]) for kind, mark in marks.items()}
 
     def _room(self) -> int:
         return self._store.settings.max_pending - self._store.held
@@ -332,30 +312,28 @@ class Journaling:
             return  # their rows stay in the journal for the next start
         self._read_all = done
         cutoff = time.time() - self.journal.max_age
-        store = self._store
         for item in loaded:
             event, source, seq, written = item
             if written < cutoff:
                 if type(event) is ProductView:
                     self._recovered[id(event)] = (source, seq)
-                store.recovered += 1
-                store.drop(event, "expired")
+                self._outcomes.expired(event)
             else:
                 self._parked.append(item)
         self._take_parked()
         self._ask()
 
     def _take_parked(self) -> None:
-        parked, store = self._parked, self._store
+        parked, outcomes = self._parked, self._outcomes
         if parked:
             now, wake = self._clock.now(), False
             for _ in range(min(len(parked), self._room())):
                 event, source, seq, _ = parked.popleft()
                 if type(event) is ProductView:
                     self._recovered[id(event)] = (source, seq)
-                wake = store.add_recovered(event, now) or wake
+                wake = outcomes.recovered(event, now) or wake
             if wake:
                 self._wake()
         if self._read_all and not parked and self._recovery_marks is None:
-            self._recovery_marks = store.marks()
-            self._notify()
+            self._recovery_marks = self._store.marks()
+            outcomes.notify()

@@ -1,20 +1,87 @@
-"""The records a pending store hands around: a batch taken from a stream, and a pending cart.
+"""The records a pending store hands around, and the table of its streams.
 
-Slotted classes rather than positional lists: they read by name, and cost no more.
+- :data:`STREAMS`: what differs between carts and product views, as data: the event type,
+  its name in event files, the batch endpoint, and whether batches go one at a time.
+- :class:`Lanes`: what a driver of the store (the sender, the outbox's writer, ``tune``'s
+  simulation) has in flight per stream, and how long a stream is held after a failure;
+  :meth:`PendingStore.plan` reads it to decide what to send now.
+- :class:`Batch` (events taken together from one stream) and :class:`CartEntry` (a pending
+  cart): slotted classes rather than positional lists: they read by name, and cost no more.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Final, Literal
 
-from ._models import Cart
-from ._wire import Event
+import attrs
 
-__all__ = ["KINDS", "Batch", "CartEntry", "DropReason", "Kind"]
+from ._models import Cart, ProductView
+from ._settings import FlushSettings
+from ._wire import CARTS_BATCH, PRODUCT_VIEWS, Event, EventType
+
+__all__ = [
+    "KINDS", "STREAMS", "Batch", "CartEntry", "DropReason", "Kind", "Lanes", "Marks",
+    "StreamKind",
+]
 
 Kind = Literal["carts", "product_views"]
 DropReason = Literal["overflow", "shutdown", "expired"]
 KINDS: tuple[Kind, Kind] = ("carts", "product_views")
+# Arrival numbers per stream that every event enqueued so far is below (see flush()).
+Marks = dict[Kind, int]
+
+
+@attrs.frozen
+class StreamKind:
+    """One stream of a pending store: which events it holds and how they travel."""
+
+    kind: Kind
+    event_type: type[Event]
+    type_name: EventType  # the "type" of an event file's line
+    batch_path: str
+    # Cart batches go one at a time, so a cart's updates reach Voyado in arrival order even
+    # at equal times; product views use up to ``max_concurrent_requests``.
+    one_at_a_time: bool
+
+
+STREAMS: Final[dict[Kind, StreamKind]] = {
+    "carts": StreamKind("carts", Cart, "cart", CARTS_BATCH, one_at_a_time=True),
+    "product_views": StreamKind(
+        "product_views", ProductView, "product_view", PRODUCT_VIEWS, one_at_a_time=False
+    ),
+}
+
+
+class Lanes:
+    """In-flight batches per stream, their limits, and the retry hold of each stream."""
+
+    __slots__ = ("active", "busy", "capacity", "forcing", "hold_until", "limit")
+
+    def __init__(self, capacity: Mapping[Kind, int], limit: int) -> None:
+        self.capacity = dict(capacity)
+        self.limit = limit  # batches in flight over all streams
+        self.active: dict[Kind, int] = dict.fromkeys(KINDS, 0)
+        self.busy = 0
+        # A stream whose last attempt failed waits this long before it sends anything more.
+        self.hold_until: dict[Kind, float] = dict.fromkeys(KINDS, 0.0)
+        self.forcing = 0  # > 0 while flush() or close wants everything sent now
+
+    @classmethod
+    def for_settings(cls, settings: FlushSettings) -> Lanes:
+        limit = settings.max_concurrent_requests
+        return cls({k: 1 if s.one_at_a_time else limit for k, s in STREAMS.items()}, limit)
+
+    def open(self, kind: Kind) -> bool:
+        return self.busy < self.limit and self.active[kind] < self.capacity[kind]
+
+    def start(self, kind: Kind) -> None:
+        self.active[kind] += 1
+        self.busy += 1
+
+    def done(self, kind: Kind) -> None:
+        self.active[kind] -= 1
+        self.busy -= 1
 
 
 class Batch:

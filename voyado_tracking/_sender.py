@@ -1,16 +1,18 @@
-"""The sender: turns a store's due batches into requests, and their outcomes into accounting.
+"""The sender: turns a store's due batches into requests, and reports every outcome.
 
 It owns the I/O tasks of a buffer (aiokafka's ``sender.py`` plays this role for its
 producer): one flusher task that sleeps on one wake-up event with the next deadline as timeout
-("size or time"), takes due batches from the :class:`PendingStore`, and starts a send task
-per batch. Product views use up to ``max_concurrent_requests`` connections; cart batches go
-one at a time, so a cart's updates reach Voyado in arrival order even at equal times.
+("size or time"), asks :meth:`PendingStore.plan` for the batches to send now (the store
+decides what is due, within the sender's :class:`Lanes`: product views use up to
+``max_concurrent_requests`` connections, cart batches go one at a time), and starts a send
+task per batch.
 
 It depends on a narrow interface only: ``send(path, body)`` (one attempt, raising our
-errors) and a :class:`Clock`, so its rules are tested with a fake send and a fake clock.
+errors) and a :class:`Clock`, so its rules are tested with a fake send and a fake clock. It
+writes no accounting itself: every outcome goes to :class:`Outcomes`.
 
-Per batch, whatever way it ends, each event is sent (``on_sent``), handed to ``on_final``
-(dead letter), or back in the store:
+Per batch, whatever way it ends, each event is sent, given up on (``Outcomes.final``: a dead
+letter), or back in the store:
 
 - a retriable failure (429, 5xx, timeout) puts the unresolved events back with their own
   retry budget and holds the stream for the backoff (``RetryPolicy.next_wait``);
@@ -26,29 +28,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Final
 
 from ._clock import Clock
-from ._delays import DeliveryDelays
 from ._errors import ApiError, AuthenticationError, ClientClosedError, VoyadoError
-from ._losslog import LossLog
-from ._records import KINDS, Batch, Kind
+from ._outcomes import Outcomes
+from ._records import STREAMS, Batch, Lanes
 from ._settings import FlushSettings
-from ._store import PendingStore
 from ._transport import Send
-from ._wire import CARTS_BATCH, PRODUCT_VIEWS, Event, encode_batch, split_bodies
+from ._wire import Event, encode_batch, split_bodies
 
 __all__ = ["Sender"]
 
 log = logging.getLogger("voyado_tracking")
 
 _REJECTED: Final = frozenset({400, 413, 422})
-PATHS: Final[dict[Kind, str]] = {"carts": CARTS_BATCH, "product_views": PRODUCT_VIEWS}
 
 # One request's worth of a batch: its events and, when already encoded, its body.
 _Chunk = tuple[list[Event], "bytes | None"]
-FinalHook = Callable[[list[Event], VoyadoError], None]
 
 
 class _Retry(Exception):
@@ -59,43 +56,31 @@ class _Retry(Exception):
 
 
 class Sender:
-    """Delivers what a :class:`PendingStore` holds through *send*, in the background."""
+    """Delivers what the store of *outcomes* holds through *send*, in the background."""
 
     def __init__(
-        self,
-        store: PendingStore,
-        send: Send,
-        settings: FlushSettings,
-        *,
-        clock: Clock,
-        on_final: FinalHook,
-        on_progress: Callable[[], None],
-        on_sent: Callable[[list[Event]], None] | None = None,
+        self, outcomes: Outcomes, send: Send, settings: FlushSettings, *, clock: Clock
     ) -> None:
-        self._store = store
+        self._outcomes = outcomes
+        self._store = outcomes.store
         self._send = send
         self._settings = settings
         self._clock = clock
-        self._on_final = on_final
-        self._on_progress = on_progress
-        self._on_sent = on_sent
+        self.lanes = Lanes.for_settings(settings)
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._sends: dict[asyncio.Task[None], tuple[Batch, deque[_Chunk]]] = {}
-        self._capacity: dict[Kind, int] = {
-            "carts": 1,
-            "product_views": settings.max_concurrent_requests,
-        }
-        self._active: dict[Kind, int] = dict.fromkeys(KINDS, 0)
-        # A stream whose last attempt failed waits this long before it sends anything more.
-        self._hold_until: dict[Kind, float] = dict.fromkeys(KINDS, 0.0)
         self._stopping = False
-        self._retry_log = LossLog()
-        self.forcing = 0  # > 0 while flush() or close wants everything sent now
-        self.requests = 0
-        self.retries = 0
         self.crashes = 0
-        self.delays = DeliveryDelays()  # enqueue to 2xx, of the last delivered events
+
+    @property
+    def forcing(self) -> int:
+        """> 0 while flush() or close wants everything sent now."""
+        return self.lanes.forcing
+
+    @forcing.setter
+    def forcing(self, value: int) -> None:
+        self.lanes.forcing = value
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -110,11 +95,6 @@ class Sender:
 
     def wake(self) -> None:
         self._wake.set()
-
-    def holds(self, view_mark: int, cart_mark: int) -> bool:
-        """Whether a batch in flight holds an event that arrived before these marks."""
-        marks = {"product_views": view_mark, "carts": cart_mark}
-        return any(batch.mark < marks[batch.kind] for batch, _ in self._sends.values())
 
     async def stop(self, grace: float) -> None:
         """Stop the flusher, cancel sends, and put what they held back in the store.
@@ -140,11 +120,11 @@ class Sender:
         A send cancelled before its first step never runs its handler; one still running after
         the grace period finds its todo empty when it ends, so nothing is counted twice.
         """
-        now = self._clock.now()
         for batch, todo in sends:
             if todo:
-                events = _take_all(todo)
-                self._store.failed(batch, events, batch.attempts, batch.first_failure, now)
+                self._outcomes.requeue(batch, _take_all(todo), batch.attempts,
+                                       batch.first_failure, self._clock.now())
+            self._store.landed(batch)
 
     def _flusher_done(self, task: asyncio.Task[None]) -> None:
         self._flusher = None
@@ -166,25 +146,12 @@ class Sender:
     # -- the flusher --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        store, wake, clock = self._store, self._wake, self._clock
-        limit = self._settings.max_concurrent_requests
+        store, wake, clock, lanes = self._store, self._wake, self._clock, self.lanes
         while not self._stopping:
             now = clock.now()
-            force = self.forcing > 0
-            wake_at: float | None = None
-            for kind in KINDS:
-                while len(self._sends) < limit and self._active[kind] < self._capacity[kind]:
-                    due_at = store.due_at(kind, now, force)
-                    if due_at is None:
-                        break
-                    due_at = max(due_at, self._hold_until[kind])
-                    if due_at > now:
-                        wake_at = due_at if wake_at is None else min(wake_at, due_at)
-                        break
-                    batch = store.take(kind, now)
-                    if batch is None:  # pragma: no cover - due_at said there was one
-                        break
-                    self._start_send(batch)
+            batches, wake_at = store.plan(now, lanes)
+            for batch in batches:
+                self._start_send(batch)
             wake.clear()
             if wake_at is None:
                 await wake.wait()  # an enqueue, a finished send, flush() or close sets it
@@ -195,16 +162,16 @@ class Sender:
         # Encoded inside the task: whatever happens, the events are in todo until resolved.
         todo: deque[_Chunk] = deque([(batch.events, None)])
         task = asyncio.get_running_loop().create_task(self._deliver(batch, todo))
-        self._active[batch.kind] += 1
         self._sends[task] = (batch, todo)
         task.add_done_callback(self._send_done)
 
     def _send_done(self, task: asyncio.Task[None]) -> None:
         entry = self._sends.pop(task, None)
         if entry is not None:
-            self._active[entry[0].kind] -= 1
+            self.lanes.done(entry[0].kind)
+            self._store.landed(entry[0])
         self._wake.set()
-        self._on_progress()
+        self._outcomes.progressed()
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -221,7 +188,7 @@ class Sender:
                 if self._retry_later(batch, events, retry.error):
                     return
                 if len(events) == 1:
-                    self._on_final(events, retry.error)
+                    self._outcomes.final(events, retry.error)
                     return
                 middle = len(events) // 2  # the whole batch is known to fail: start split
                 todo.extend([(events[:middle], None), (events[middle:], None)])
@@ -234,7 +201,7 @@ class Sender:
                 await self._send_chunks(batch, todo, last_chance)
         except asyncio.CancelledError:
             # Shutdown: what was not confirmed goes back to the store, to be spooled.
-            self._store.failed(
+            self._outcomes.requeue(
                 batch, _take_all(todo), batch.attempts, batch.first_failure, self._clock.now()
             )
             raise
@@ -244,10 +211,10 @@ class Sender:
             events = _take_all(todo)
             wrapped = _Unexpected(f"unexpected error: {error!r}"[:300])
             if not self._retry_later(batch, events, wrapped):
-                self._on_final(events, wrapped)
+                self._outcomes.final(events, wrapped)
         else:
             if last_chance is None:
-                self._hold_until[batch.kind] = 0.0  # Voyado answers again
+                self.lanes.hold_until[batch.kind] = 0.0  # Voyado answers again
 
     async def _send_chunks(
         self, batch: Batch, todo: deque[_Chunk], last_chance: VoyadoError | None = None
@@ -257,16 +224,16 @@ class Sender:
         A retriable failure raises ``_Retry`` (the failed chunk and the rest stay in *todo*),
         except in the last chance of a batch whose budget is spent (see the module docstring).
         """
-        path = PATHS[batch.kind]
+        path = STREAMS[batch.kind].batch_path
         failures_left = 2 * sum(len(e) for e, _ in todo).bit_length() + 2
         while todo:
             events, body = todo[0]
-            self.requests += 1
+            self._outcomes.requested()
             try:
                 await self._send(path, body if body is not None else encode_batch(events))
             except (AuthenticationError, ClientClosedError) as error:
                 for chunk_events in _take_chunks(todo):
-                    self._on_final(chunk_events, error)
+                    self._outcomes.final(chunk_events, error)
                 return
             except VoyadoError as error:
                 if error.retriable:
@@ -284,13 +251,10 @@ class Sender:
                     middle = len(events) // 2
                     todo.extendleft([(events[middle:], None), (events[:middle], None)])
                     continue
-                self._on_final(events, error)  # the isolated bad event, or a final status
+                self._outcomes.final(events, error)  # the isolated bad event, or a final status
             else:
                 todo.popleft()
-                self._store.resolved(len(events), "sent")
-                self.delays.record(batch.times_of(events), self._clock.now())
-                if self._on_sent is not None:
-                    self._on_sent(events)
+                self._outcomes.sent(batch, events)
 
     def _split_or_give_up(
         self, todo: deque[_Chunk], error: VoyadoError, failures_left: int
@@ -299,11 +263,11 @@ class Sender:
         events, _ = todo.popleft()
         failures_left -= 1
         if failures_left <= 0:
-            self._on_final(events, error)
+            self._outcomes.final(events, error)
             for chunk_events in _take_chunks(todo):
-                self._on_final(chunk_events, error)
+                self._outcomes.final(chunk_events, error)
         elif len(events) == 1:
-            self._on_final(events, error)
+            self._outcomes.final(events, error)
         else:
             middle = len(events) // 2
             todo.extendleft([(events[middle:], None), (events[:middle], None)])
@@ -321,14 +285,9 @@ class Sender:
             log.error("retry budget exhausted after %d attempts for %d events",
                       attempts, len(events))
             return False
-        self.retries += 1
-        self._hold_until[batch.kind] = max(self._hold_until[batch.kind], now + wait)
-        self._retry_log.record(
-            f"retry:{batch.kind}", len(events),
-            f"delivery failed, will retry: {batch.kind.replace('_', ' ')}",
-            f"{error}; next try in {wait:.1f} s",
-        )
-        self._store.failed(batch, events, attempts, first_failure, now + wait)
+        hold = self.lanes.hold_until
+        hold[batch.kind] = max(hold[batch.kind], now + wait)
+        self._outcomes.retry(batch, events, error, attempts, first_failure, now + wait)
         return True
 
 

@@ -7,6 +7,13 @@ the event accounting behind ``stats``. It is driven with an explicit ``now``: ev
 unit-testable without an event loop or a clock, and ``tune`` can replay hours of traffic
 through it in virtual time.
 
+Scheduling is decided here and nowhere else: :meth:`PendingStore.plan` takes every batch that
+may go now (size, bytes, age, a due retry, or forced; within the driver's :class:`Lanes`:
+per-stream capacity, the overall limit and the retry holds) and says when to look again. The
+sender, the outbox's stream writer and ``tune``'s simulation all drive the store through it.
+The store also knows the batches in flight (from :meth:`take` until :meth:`landed`), so
+``flush()`` asks it alone what is still owed (:meth:`owes`).
+
 Overflow (``drop_oldest``) evicts the oldest pending product view first and a pending cart
 only when no view is pending: a cart's latest state is what drives the abandoned-cart mail,
 and a pending cart counts as one event however often it was updated.
@@ -19,8 +26,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from ._errors import BufferFullError
-from ._models import Cart, ProductView
-from ._records import Batch, CartEntry, DropReason, Kind
+from ._models import Cart, ProductView, supersedes
+from ._records import KINDS, Batch, CartEntry, DropReason, Kind, Lanes, Marks
 from ._settings import FlushSettings
 from ._wire import Event, size_hint
 
@@ -57,6 +64,7 @@ class PendingStore:
         self.retry_views: deque[Batch] = deque()
         self.retrying_views = 0
         self.in_flight = 0
+        self.flying: set[Batch] = set()  # taken and not landed yet
         self.enqueued = 0
         self.recovered = 0  # taken from a journal of an earlier run (beside enqueued)
         self.collapsed = 0
@@ -121,7 +129,7 @@ class PendingStore:
             # An update of a pending cart: never overflow, only the latest instant survives.
             self.enqueued += 1
             self.collapsed += 1
-            if cart.time >= entry.cart.time:
+            if supersedes(cart, entry.cart):
                 if fresh:  # the byte trigger counts fresh carts only
                     self.cart_bytes += size_hint(cart) - size_hint(entry.cart)
                 entry.cart = cart
@@ -217,14 +225,47 @@ class PendingStore:
         due_at = self.due_at(kind, now, force)
         return due_at is not None and due_at <= now
 
+    def plan(self, now: float, lanes: Lanes) -> tuple[list[Batch], float | None]:
+        """Take every batch that may go now, within *lanes*; and when to look again.
+
+        A stream sends while its lane is open and something is due (forced while
+        ``lanes.forcing``), not before its retry hold. Taken batches are started in *lanes*.
+        The wake-up time is ``None`` when only a new event or a finished batch can make
+        anything due.
+        """
+        force = lanes.forcing > 0
+        batches: list[Batch] = []
+        wake_at: float | None = None
+        for kind in KINDS:
+            while lanes.open(kind):
+                due_at = self.due_at(kind, now, force)
+                if due_at is None:
+                    break
+                due_at = max(due_at, lanes.hold_until[kind])
+                if due_at > now:
+                    wake_at = due_at if wake_at is None else min(wake_at, due_at)
+                    break
+                batch = self.take(kind, now)
+                if batch is None:  # pragma: no cover - due_at said there was one
+                    break
+                lanes.start(kind)
+                batches.append(batch)
+        return batches, wake_at
+
     # -- batches ---------------------------------------------------------------------------
 
     def take(self, kind: Kind, now: float) -> Batch | None:
-        """Remove the next batch of a stream (now in flight): a retry that is due first,
-        else up to ``max_batch_size`` of the oldest fresh events."""
-        if kind == "product_views":
-            return self._take_views(now)
-        return self._take_carts(now)
+        """Remove the next batch of a stream (now in flight until :meth:`landed`): a retry
+        that is due first, else up to ``max_batch_size`` of the oldest fresh events."""
+        batch = self._take_views(now) if kind == "product_views" else self._take_carts(now)
+        if batch is not None:
+            self.flying.add(batch)
+        return batch
+
+    def landed(self, batch: Batch) -> None:
+        """A batch taken with :meth:`take` is over: each of its events was resolved or put
+        back with :meth:`failed`."""
+        self.flying.discard(batch)
 
     def _take_views(self, now: float) -> Batch | None:
         for batch in self.retry_views:
@@ -313,7 +354,7 @@ class PendingStore:
                 # Merge by the collapse rule; the pending update arrived later, so it also
                 # wins an equal instant.
                 self.collapsed += 1
-                if cart.time <= entry.cart.time:
+                if supersedes(entry.cart, cart):
                     cart = entry.cart
                 first_at, seq = min(first_at, entry.first_at), min(seq, entry.seq)
             self.retry_carts[reference] = CartEntry(
@@ -346,12 +387,19 @@ class PendingStore:
             oldest.append(next(iter(self.carts.values())).first_at)
         return min(oldest, default=None)
 
-    def marks(self) -> tuple[int, int]:
-        """Arrival numbers that every event enqueued so far is below: (views, carts)."""
-        return self.view_arrivals, self.cart_arrivals
+    def marks(self) -> Marks:
+        """Arrival numbers, per stream, that every event enqueued so far is below."""
+        return {"product_views": self.view_arrivals, "carts": self.cart_arrivals}
 
-    def settled(self, view_mark: int, cart_mark: int) -> bool:
-        """Whether no pending or retrying event arrived before these marks."""
+    def owes(self, marks: Marks) -> bool:
+        """Whether an event that arrived before *marks* is pending, retrying or in flight."""
+        return not self.settled(marks) or any(
+            batch.mark < marks[batch.kind] for batch in self.flying
+        )
+
+    def settled(self, marks: Marks) -> bool:
+        """Whether no pending or retrying event arrived before *marks* (in flight aside)."""
+        view_mark, cart_mark = marks["product_views"], marks["carts"]
         if self.views and self.view_arrivals - len(self.views) < view_mark:
             return False
         if any(batch.mark < view_mark for batch in self.retry_views):

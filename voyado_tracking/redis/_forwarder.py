@@ -3,7 +3,9 @@
 A forwarder is a buffer fed by a stream instead of ``enqueue``: entries are read
 (``XREADGROUP``) into a :class:`PendingStore` (cart collapse lives there) and delivered by the
 same :class:`Sender` as a buffer's (full batches, bisection of rejected ones, retry holds).
-Three small tasks around it talk to Redis:
+Its :class:`Outcomes` writes the accounting as a buffer's does; its keeper is
+:class:`_Settlement`, which turns where events end into what becomes of their entries (ack,
+dead-letter, release). Three small tasks around it talk to Redis:
 
 - the reader reads new entries while the store has room, first re-reading this consumer's
   own pending entries (a restart under the same name), and every ``claim_idle / 2`` seconds
@@ -30,25 +32,24 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
-import attrs
 import redis.exceptions
 
-from .._buffer import BufferStats
 from .._client import TrackingClient
-from .._clock import MonotonicClock, wait_until
-from .._endings import report_dead_letters
-from .._errors import ClientClosedError, InvalidEventError, VoyadoError
+from .._clock import Clock, MonotonicClock, wait_until
+from .._errors import InvalidEventError, VoyadoError
+from .._intake import State, drain_then_stop
 from .._lifecycle import AsyncClosing, stop_tasks
-from .._losslog import LossLog
-from .._retry import RetryPolicy
+from .._outcomes import DeadLetterHook, Outcomes
+from .._records import Marks
 from .._sender import Sender
 from .._settings import FlushSettings
-from .._store import PendingStore
+from .._stats import ForwarderStats
 from .._validators import check_positive
 from .._wire import Event
 from ._ledger import Ledger
 from ._stream import (
     DEFAULT_STREAM,
+    REDIS_BACKOFF,
     REDIS_ERRORS,
     RedisUrl,
     close_client,
@@ -67,18 +68,58 @@ log = logging.getLogger("voyado_tracking")
 DEFAULT_GROUP: Final = "voyado-tracking"
 _CHUNK: Final = 500  # ids per XACK / XDEL / XCLAIM command
 _RELEASED_IDLE_MS: Final = 10 * 365 * 86_400_000  # "idle for years": claimable at once
-_BACKOFF: Final = RetryPolicy(max_attempts=None, initial_backoff=0.1, max_backoff=5.0,
-                              max_elapsed=1e12)
 _READ_BLOCK_MAX: Final = 0.5  # seconds an XREADGROUP may block
 _POLL: Final = 0.05  # flush() re-checks the stream this often (other forwarders work too)
 
 
-@attrs.frozen
-class ForwarderStats(BufferStats):
-    """A forwarder's counters: those of a buffer (``enqueued`` counts entries read;
-    ``spooled``, entries released to other forwarders at close) plus ``claimed``."""
+class _Settlement:
+    """The forwarder's keeper: what the end of its events means for the entries it holds.
 
-    claimed: int = 0
+    Delivered: ack (``XACK`` + ``XDEL``). Dead-lettered: to ``<stream>:dead``, then ack.
+    Kept at close, or when the client closed under it: released to the group, for another
+    forwarder (counted as spooled). The committer task writes what it collects.
+    """
+
+    def __init__(self, stream: str) -> None:
+        self.ledger = Ledger()
+        self.acks: list[str] = []  # settled entries to XACK + XDEL
+        self.dead_entries: list[dict[bytes, bytes]] = []  # for the dead stream
+        self.releases: list[str] = []  # entries to hand back
+        self.wake = asyncio.Event()  # the committer has work
+        self._stream = stream
+
+    def committed(self) -> bool:
+        return not (self.acks or self.dead_entries or self.releases)
+
+    def sent(self, events: list[Event]) -> None:
+        self.acks.extend(self.ledger.settle(events))
+        self.wake.set()
+
+    def dead(self, events: list[Event], error: VoyadoError) -> None:
+        ids = self.ledger.settle(events)
+        self.dead_entries.extend(dead_entry(encode_entry(e), str(error)) for e in events)
+        self.acks.extend(ids)
+        self.wake.set()
+
+    def dropped(self, event: Event) -> None:  # pragma: no cover - the reader reads into room
+        self.acks.extend(self.ledger.settle([event]))
+        self.wake.set()
+
+    def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
+        # In flight: the client was closed under the forwarder (not Voyado's verdict). At
+        # close: everything left in the store is released, so all held entries go.
+        self.releases.extend(self.ledger.settle(events) if in_flight else self.ledger.clear())
+        self.wake.set()
+        return []
+
+    def progress(self) -> None:
+        pass
+
+    def flush_marks(self, marks: Marks) -> Marks | None:
+        return marks
+
+    def unclosed(self, held: int) -> str:
+        return "their entries stay in the stream for other forwarders"
 
 
 class Forwarder(AsyncClosing):
@@ -98,7 +139,8 @@ class Forwarder(AsyncClosing):
         group: str = DEFAULT_GROUP,
         consumer: str | None = None,
         claim_idle: float = 60.0,
-        on_dead_letter: Callable[[Event, VoyadoError], object] | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(client, TrackingClient):
             raise TypeError(f"client must be a TrackingClient, got {type(client).__name__}")
@@ -111,40 +153,36 @@ class Forwarder(AsyncClosing):
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self.claim_idle = check_positive("claim_idle", claim_idle)
-        self._on_dead_letter = on_dead_letter
         self._redis, self._owns_redis = connect(redis_url)
-        self._clock = MonotonicClock()
-        self._store = PendingStore(settings)
-        self._ledger = Ledger()
-        self._sender = Sender(
-            self._store, client.transport.post, settings, clock=self._clock,
-            on_final=self._final, on_progress=self._notify, on_sent=self._sent,
-        )
-        self._progress = asyncio.Event()
-        self._commit_wake = asyncio.Event()
-        self._acks: list[str] = []  # settled entries to XACK + XDEL
-        self._dead: list[dict[bytes, bytes]] = []  # entries for the dead stream
-        self._releases: list[str] = []  # entries to hand back at close
+        self._clock: Clock = MonotonicClock() if clock is None else clock
+        self._outcomes = Outcomes(settings, self._clock, name="forwarder", sink="Forwarder",
+                                  on_dead_letter=on_dead_letter)
+        self._settle = _Settlement(self.stream)
+        self._outcomes.keeper = self._settle
+        self._store = self._outcomes.store
+        self._ledger = self._settle.ledger
+        self._progress = self._outcomes.progress
+        self._losses = self._outcomes.losses
+        self._sender = Sender(self._outcomes, client.transport.post, settings, clock=self._clock)
         self._cursor = "0"  # own pending entries first, then ">" (new ones)
         self._tasks: list[asyncio.Task[None]] = []
-        self._state = "new"
+        self._state = State.NEW
         self._reading = True  # the reader's loop goes on while this holds
-        self._losses = LossLog()
         self._bad_entries = 0
         self.claimed = 0
 
     def __repr__(self) -> str:
         return (
-            f"<voyado_tracking.Forwarder {self._state} stream={self.stream!r} "
+            f"<voyado_tracking.Forwarder {self._state.value} stream={self.stream!r} "
             f"group={self.group!r} consumer={self.consumer!r} held={len(self._ledger)}>"
         )
 
     @property
     def stats(self) -> ForwarderStats:
-        s, sender = self._store, self._sender
+        s, outcomes = self._store, self._outcomes
         return ForwarderStats(
             enqueued=s.enqueued + self._bad_entries, collapsed=s.collapsed, sent=s.sent,
-            requests=sender.requests, retries=sender.retries, dropped=s.dropped,
+            requests=outcomes.requests, retries=outcomes.retries, dropped=s.dropped,
             dead_lettered=s.dead_lettered + self._bad_entries, spooled=s.spooled,
             pending_carts=s.pending_carts, pending_product_views=s.pending_views,
             in_flight=s.in_flight, claimed=self.claimed,
@@ -154,9 +192,9 @@ class Forwarder(AsyncClosing):
 
     async def start(self) -> None:
         """Join the consumer group (creating it and the stream if needed) and start consuming."""
-        if self._state != "new":
+        if self._state is not State.NEW:
             return
-        self._state = "open"
+        self._state = State.OPEN
         with contextlib.suppress(*REDIS_ERRORS):  # else the reader retries
             await self._create_group()
         self._sender.start()
@@ -196,7 +234,7 @@ class Forwarder(AsyncClosing):
                 if deadline is not None and self._clock.now() >= deadline:
                     raise TimeoutError(f"flush() did not finish in {timeout:g} s")
                 self._sender.wake()
-                await asyncio.sleep(_POLL)
+                await self._sleep(_POLL)
         finally:
             self._sender.forcing -= 1
 
@@ -206,9 +244,9 @@ class Forwarder(AsyncClosing):
         Released entries stay in the stream, marked idle so other forwarders claim them at
         once. ``timeout`` defaults to ``settings.shutdown_timeout``.
         """
-        if self._state in ("closing", "closed"):
+        if self._state in (State.CLOSING, State.CLOSED):
             return
-        started, self._state = self._state == "open", "closing"
+        started, self._state = self._state is State.OPEN, State.CLOSING
         timeout = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = self._clock.now() + timeout
         grace = min(1.0, timeout / 4)
@@ -217,7 +255,7 @@ class Forwarder(AsyncClosing):
                 await self._finish(deadline, grace)
         finally:
             await stop_tasks(self._tasks, grace)
-            self._state = "closed"
+            self._state = State.CLOSED
             self._losses.flush()
             if self._owns_redis:
                 await close_client(self._redis)
@@ -230,21 +268,11 @@ class Forwarder(AsyncClosing):
         self._reading = False
         budget = min(_READ_BLOCK_MAX + 0.5, deadline - grace - self._clock.now())
         await stop_tasks(self._tasks[:1], budget, cancel=False)
-        if self._store.held and not self.client.closed:
-            self._sender.forcing += 1
-            self._sender.wake()
-            await wait_until(self._clock, self._progress, lambda: self._store.held == 0,
-                             deadline - grace - self._clock.now())
-        await self._sender.stop(max(0.0, deadline - self._clock.now()))
-        leftover = self._store.drain()
-        self._store.count_spooled(len(leftover))
-        self._releases.extend(self._ledger.clear())
-        self._commit_wake.set()
-        await wait_until(self._clock, self._progress, self._committed,
+        # Deliver what is held, then release the rest (the settlement keeps it all).
+        await drain_then_stop(self._clock, self._sender, self._outcomes, deadline, grace,
+                              deliver=not self.client.closed)
+        await wait_until(self._clock, self._progress, self._settle.committed,
                          max(0.0, deadline - self._clock.now()))
-
-    def _committed(self) -> bool:
-        return not (self._acks or self._dead or self._releases)
 
     async def _guard(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a task body; a bug is logged and the body restarted, never silently lost."""
@@ -256,10 +284,10 @@ class Forwarder(AsyncClosing):
                 raise
             except Exception:
                 log.exception("the Forwarder %s crashed; restarting it", name)
-                await asyncio.sleep(1.0)
+                await self._sleep(1.0)
 
-    def _notify(self) -> None:
-        self._progress.set()
+    async def _sleep(self, seconds: float) -> None:
+        await self._clock.wait(asyncio.Event(), seconds)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -295,7 +323,7 @@ class Forwarder(AsyncClosing):
                 failures += 1
                 self._losses.record("redis-read", 0, "Redis unreachable; forwarder waiting",
                                     f"{type(error).__name__}: {error}"[:200])
-                await asyncio.sleep(_BACKOFF.backoff(failures))
+                await self._sleep(REDIS_BACKOFF.backoff(failures))
 
     async def _read(self, count: int) -> None:
         if count <= 0:
@@ -331,20 +359,21 @@ class Forwarder(AsyncClosing):
 
     def _take_in(self, entries: Sequence[Any]) -> None:
         store, ledger, now = self._store, self._ledger, self._clock.now()
+        settle = self._settle
         wake = False
         for raw_id, fields in entries:
             entry_id = text(raw_id)
             if entry_id in ledger:
                 continue
             if not fields:  # deleted while pending: nothing left to deliver
-                self._acks.append(entry_id)
+                settle.acks.append(entry_id)
                 continue
             try:
                 event = decode_entry(fields)
             except InvalidEventError as error:
                 self._bad_entries += 1
-                self._dead.append(dead_entry(fields, f"unreadable entry: {error}"))
-                self._acks.append(entry_id)
+                settle.dead_entries.append(dead_entry(fields, f"unreadable entry: {error}"))
+                settle.acks.append(entry_id)
                 self._losses.record("dead:entry", 1, "dead-lettered an unreadable entry",
                                     str(error))
                 continue
@@ -352,47 +381,29 @@ class Forwarder(AsyncClosing):
             wake = store.add(event, now) or wake
         if wake:
             self._sender.wake()
-        if self._acks:
-            self._commit_wake.set()
+        if settle.acks:
+            settle.wake.set()
 
     # -- settling -----------------------------------------------------------------------------
 
-    def _sent(self, events: list[Event]) -> None:
-        self._acks.extend(self._ledger.settle(events))
-        self._commit_wake.set()
-
-    def _final(self, events: list[Event], error: VoyadoError) -> None:
-        ids = self._ledger.settle(events)
-        if isinstance(error, ClientClosedError):  # not Voyado's verdict: let another try
-            self._store.resolved(len(events), "spooled")
-            self._releases.extend(ids)
-            self._commit_wake.set()
-            return
-        self._store.resolved(len(events), "dead_lettered")
-        self._dead.extend(dead_entry(encode_entry(e), str(error)) for e in events)
-        self._acks.extend(ids)
-        self._commit_wake.set()
-        self._losses.record(f"dead:{type(error).__name__}", len(events),
-                            f"dead-lettered to {dead_stream(self.stream)}", str(error))
-        report_dead_letters(self._on_dead_letter, events, error)
-
     async def _commit_loop(self) -> None:
         failures = 0
+        settle = self._settle
         while True:
-            if self._committed():
-                self._commit_wake.clear()
-                await self._commit_wake.wait()
+            if settle.committed():
+                settle.wake.clear()
+                await settle.wake.wait()
                 continue
-            acks, dead, releases = self._acks, self._dead, self._releases
-            self._acks, self._dead, self._releases = [], [], []
+            acks, dead, releases = settle.acks, settle.dead_entries, settle.releases
+            settle.acks, settle.dead_entries, settle.releases = [], [], []
             try:
                 await self._commit(acks, dead, releases)
             except REDIS_ERRORS as error:
-                self._acks[:0], self._dead[:0], self._releases[:0] = acks, dead, releases
+                settle.acks[:0], settle.dead_entries[:0], settle.releases[:0] = acks, dead, releases
                 failures += 1
                 self._losses.record("redis-ack", 0, "Redis unreachable; acks waiting",
                                     f"{type(error).__name__}: {error}"[:200])
-                await asyncio.sleep(_BACKOFF.backoff(failures))
+                await self._sleep(REDIS_BACKOFF.backoff(failures))
             else:
                 failures = 0
                 self._progress.set()
@@ -414,8 +425,8 @@ class Forwarder(AsyncClosing):
     async def _refresh_loop(self) -> None:
         every = max(0.02, self.claim_idle / 3)
         while True:
-            await asyncio.sleep(every)
-            ids = [*self._ledger.ids(), *self._acks]
+            await self._sleep(every)
+            ids = [*self._ledger.ids(), *self._settle.acks]
             if not ids:
                 continue
             try:

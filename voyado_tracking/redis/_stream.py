@@ -25,11 +25,13 @@ import redis.exceptions
 
 from .._errors import InvalidEventError
 from .._eventfile import event_to_line, line_to_event
+from .._retry import RetryPolicy
 from .._wire import Event
 
 __all__ = [
     "DEFAULT_STREAM",
     "FORMAT_VERSION",
+    "REDIS_BACKOFF",
     "REDIS_ERRORS",
     "close_client",
     "RedisUrl",
@@ -54,6 +56,11 @@ REDIS_ERRORS: Final = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     OSError,
+)
+
+# How long the fleet classes wait before trying Redis again after the n-th failure in a row.
+REDIS_BACKOFF: Final = RetryPolicy(
+    max_attempts=None, initial_backoff=0.1, max_backoff=5.0, max_elapsed=1e12
 )
 
 RedisUrl: TypeAlias = "str | aioredis.Redis"
