@@ -1,9 +1,9 @@
 """Flush settings under simulated traffic, in virtual time (behind ``voyado-tracking tune``).
 
 One worker's share of the shop's traffic goes through the real :class:`PendingStore` (the
-same collapse, triggers and batches as a live buffer), and the :class:`Sender`'s rules are
-replayed around it: a stream is taken when ``due_at`` says so, product views use up to
-``max_concurrent_requests`` requests at a time and carts one batch at a time, and every
+same collapse, triggers and batches as a live buffer), driven the way the :class:`Sender`
+drives it: the store's own ``plan`` decides what goes when (product views use up to
+``max_concurrent_requests`` requests at a time and carts one batch at a time), and every
 request takes a fixed ``service_time``. No sleeping, no event loop: hundreds of thousands of
 events per second of wall time. A fleet of W workers behind a load balancer is W such
 workers, each seeing every active cart at 1/W of its update rate, so fleet requests/s are W
@@ -26,9 +26,9 @@ import attrs
 
 from ._delays import percentile
 from ._models import Cart, CartItem, ProductView
-from ._records import KINDS, Batch, Kind
+from ._outcomes import Outcomes
+from ._records import KINDS, Batch, Kind, Lanes
 from ._settings import FlushSettings
-from ._store import PendingStore
 from ._wire import Event
 
 __all__ = [
@@ -156,17 +156,35 @@ class Outcome:
         return self.sent[kind] / requests if requests else 0.0
 
 
+class _VirtualTime:
+    """The simulation's clock: the time of the step being simulated."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def now(self) -> float:
+        return self.at
+
+    async def wait(self, event: object, timeout: float) -> bool:  # pragma: no cover
+        raise RuntimeError("virtual time never waits")
+
+
 class _Flusher:
-    """The Sender's rules over a store, in virtual time, with requests that take
+    """A live sender's scheduling in virtual time: the store plans what to send
+    (:meth:`PendingStore.plan`, the rule every driver uses), requests take
     ``service_time`` and always succeed. Counts what starts before ``window``."""
 
-    def __init__(self, store: PendingStore, service_time: float, window: float) -> None:
-        self.store = store
+    def __init__(self, settings: FlushSettings, service_time: float, window: float) -> None:
         self.service_time = service_time
         self.window = window
-        self.limit = store.settings.max_concurrent_requests
-        self.capacity: dict[Kind, int] = {"carts": 1, "product_views": self.limit}
-        self.active: dict[Kind, int] = dict.fromkeys(KINDS, 0)
+        self.time = _VirtualTime()
+        self.outcomes = Outcomes(settings, self.time)
+        self.store = self.outcomes.store
+        self.lanes = Lanes.for_settings(settings)
+        self.limit = self.lanes.limit
+        self.wake_at = math.inf  # when the store said to look again
         self.in_flight: list[tuple[float, int, Batch]] = []  # (done at, order, batch)
         self.started = 0
         self.requests: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -175,45 +193,29 @@ class _Flusher:
         self.delays: list[float] = []
         self.peak = 0
 
-    def next_due(self, now: float) -> float:
-        """When the next batch can be taken (inf: only after a request finishes)."""
-        if sum(self.active.values()) >= self.limit:
-            return math.inf
-        due = math.inf
-        for kind in KINDS:
-            if self.active[kind] < self.capacity[kind]:
-                at = self.store.due_at(kind, now)
-                if at is not None:
-                    due = min(due, at)
-        return due
-
     def next_done(self) -> float:
         return self.in_flight[0][0] if self.in_flight else math.inf
 
     def step(self, now: float) -> None:
-        """Finish the requests done by *now*, then start every batch that is due."""
-        store = self.store
+        """Finish the requests done by *now*, then start what the store plans."""
+        store, lanes = self.store, self.lanes
+        self.time.at = now
         if now < self.window:
             self.peak = max(self.peak, store.held)
         while self.in_flight and self.in_flight[0][0] <= now:
             done_at, _, batch = heapq.heappop(self.in_flight)
-            store.resolved(len(batch.events), "sent")
+            self.outcomes.sent(batch, batch.events)
             window = self.window
             self.delays.extend([done_at - at for at in batch.times_of(batch.events)
                                 if at < window])
-            self.active[batch.kind] -= 1
-        for kind in KINDS:
-            while (
-                sum(self.active.values()) < self.limit
-                and self.active[kind] < self.capacity[kind]
-                and (due := store.due_at(kind, now)) is not None
-                and due <= now
-            ):
-                self._start(store.take(kind, now), now)
+            lanes.done(batch.kind)
+            store.landed(batch)
+        batches, wake_at = store.plan(now, lanes)
+        for batch in batches:
+            self._start(batch, now)
+        self.wake_at = math.inf if wake_at is None else wake_at
 
-    def _start(self, batch: Batch | None, now: float) -> None:
-        assert batch is not None
-        self.active[batch.kind] += 1
+    def _start(self, batch: Batch, now: float) -> None:
         self.started += 1
         heapq.heappush(self.in_flight, (now + self.service_time, self.started, batch))
         if now < self.window:
@@ -232,8 +234,8 @@ def simulate(
     ``max_pending`` is lifted (the peak is measured, not bounded) so nothing is dropped.
     """
     window = traffic.duration if duration is None else duration
-    store = PendingStore(attrs.evolve(settings, max_pending=2**62))
-    flusher = _Flusher(store, service_time, window)
+    flusher = _Flusher(attrs.evolve(settings, max_pending=2**62), service_time, window)
+    store = flusher.store
     times = traffic.times
     in_window = bisect.bisect_left(times, window)
     _run(flusher, times, traffic.events, 0, in_window, drain=False)
@@ -270,20 +272,20 @@ def _run(
     """Add events ``i:end`` at their times, with the flusher's decisions in between; with
     *drain*, then run on until everything is delivered."""
     add = flusher.store.add
-    due = flusher.next_due(times[i - 1] if i else 0.0)  # what the last event made due
     while True:
-        until = min(due, flusher.next_done())
+        until = min(flusher.wake_at, flusher.next_done())
         while i < end and times[i] < until:  # the hot loop: intake between decisions
             at = times[i]
-            if add(events[i], at):  # a new stream or a threshold: maybe due sooner
-                until = min(until, flusher.next_due(at))
+            wake = add(events[i], at)
             i += 1
+            if wake:  # a new stream or a threshold: the sender looks at once
+                flusher.step(at)
+                until = min(flusher.wake_at, flusher.next_done())
         if i >= end and not drain:
             return
         if until == math.inf:
             return
         flusher.step(until)
-        due = flusher.next_due(until)
 
 
 def duration_for(traffic: Traffic, flush_interval: float) -> float:
