@@ -120,7 +120,7 @@ async def test_views_use_at_most_max_concurrent_requests(rig: Callable[..., Rig]
     await settle()
     assert r.send.peak["views"] == 3
     r.send.gate.set()
-    r.sender.forcing += 1
+    r.sender.lanes.forcing += 1
     r.sender.wake()
     await settle(200)
     assert r.delivered() == 20
@@ -135,7 +135,7 @@ async def test_cart_batches_are_sent_one_at_a_time(rig: Callable[..., Rig]) -> N
     await settle()
     assert r.send.peak["carts"] == 1
     r.send.gate.set()
-    r.sender.forcing += 1
+    r.sender.lanes.forcing += 1
     r.sender.wake()
     await settle(200)
     assert r.delivered() == 10
@@ -260,7 +260,7 @@ async def test_stop_hands_back_a_batch_whose_send_had_not_started(
     """Regression: a send task cancelled before its first step lost its batch."""
     r = rig(max_batch_size=1)
     r.add(view("p1"))  # the flusher has not run yet: no send task has started
-    r.sender.forcing += 1
+    r.sender.lanes.forcing += 1
     r.sender.wake()
     await asyncio.sleep(0)  # the flusher starts the send task, which has not run
     await r.sender.stop(0.0)

@@ -98,26 +98,9 @@ class TrackingBuffer(Intake):
 
     @property
     def stats(self) -> BufferStats:
-        s, outcomes = self._store, self._outcomes
-        oldest = s.oldest_pending_at()
-        p50, p99 = outcomes.delays.percentiles()
-        return BufferStats(
-            enqueued=s.enqueued,
-            collapsed=s.collapsed,
-            sent=s.sent,
-            requests=outcomes.requests,
-            retries=outcomes.retries,
-            dropped=s.dropped,
-            dead_lettered=s.dead_lettered,
-            spooled=s.spooled,
-            pending_carts=s.pending_carts,
-            pending_product_views=s.pending_views,
-            in_flight=s.in_flight,
-            recovered=s.recovered,
+        return self._outcomes.snapshot(
+            BufferStats,
             journal_errors=0 if self._journaling is None else self._journaling.errors,
-            oldest_pending_age=0.0 if oldest is None else self._clock.now() - oldest,
-            delivery_delay_p50=p50,
-            delivery_delay_p99=p99,
         )
 
     async def sync(self, timeout: float | None = None) -> None:
@@ -130,15 +113,6 @@ class TrackingBuffer(Intake):
         self._ensure_running()
         if self._journaling is not None:
             await self._journaling.sync(timeout)
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """Deliver everything enqueued before the call, ignoring the flush thresholds.
-
-        Returns once those events are sent, dead-lettered or dropped (events enqueued during
-        the flush are not waited for; with a journal, recovered events are); raises
-        ``TimeoutError`` if that takes longer than *timeout* seconds (they stay queued).
-        """
-        await super().flush(timeout)
 
     def _can_drain(self) -> bool:
         return not self.client.closed

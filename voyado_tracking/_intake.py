@@ -38,6 +38,7 @@ from ._errors import BufferClosedError, BufferFullError
 from ._lifecycle import AsyncClosing, call_threadsafe
 from ._models import Cart, ProductView
 from ._outcomes import Outcomes
+from ._records import Lanes
 from ._settings import FlushSettings
 from ._wire import Event
 
@@ -73,7 +74,7 @@ class State(enum.Enum):
 class Drain(Protocol):
     """The background part of a sink: empties its store (sends, writes)."""
 
-    forcing: int  # > 0 while flush() or close wants everything due now
+    lanes: Lanes  # what it has in flight; ``lanes.forcing`` while flush() or close waits
 
     def start(self) -> None:
         """Start in the running loop (idempotent; never after stop)."""
@@ -213,13 +214,13 @@ class Intake(AsyncClosing):
         def done() -> bool:
             return self._state is State.CLOSED or not outcomes.owes(marks)
 
-        drain.forcing += 1
+        drain.lanes.forcing += 1
         drain.wake()
         try:
             if not await self._wait_until(done, timeout):
                 raise TimeoutError(f"flush() did not finish in {timeout:g} s: {self._held()}")
         finally:
-            drain.forcing -= 1
+            drain.lanes.forcing -= 1
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop intake, hand over what is queued within *timeout* seconds, spool the rest.
@@ -359,7 +360,7 @@ async def drain_then_stop(
     try:
         if deliver and store.held:
             drain.start()
-            drain.forcing += 1
+            drain.lanes.forcing += 1
             drain.wake()
             await wait_until(clock, outcomes.progress, lambda: store.held == 0,
                              deadline - grace - clock.now())

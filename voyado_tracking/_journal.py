@@ -38,7 +38,7 @@ from ._errors import VoyadoError
 from ._journal_rows import Mark
 from ._journal_writer import Loaded, Source, Writer, post_to
 from ._models import Cart, ProductView
-from ._outcomes import Outcomes
+from ._outcomes import Keeper, Outcomes
 from ._records import Marks
 from ._validators import attrs_int_at_least, attrs_positive
 from ._wire import Event
@@ -82,7 +82,7 @@ class Journal:
     max_age: float = attrs.field(default=86_400.0, kw_only=True, validator=attrs_positive)
 
 
-class Journaling:
+class Journaling(Keeper):
     """A buffer's journal on the event loop (see the module docstring)."""
 
     def __init__(

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Final, TypeVar
 
 from ._clock import Clock
 from ._delays import DeliveryDelays
@@ -31,6 +31,7 @@ from ._eventfile import append_events
 from ._losslog import LossLog
 from ._records import Batch, DropReason, Marks
 from ._settings import FlushSettings
+from ._stats import BufferStats
 from ._store import PendingStore
 from ._wire import Event
 
@@ -38,12 +39,19 @@ __all__ = ["NO_KEEPER", "DeadLetterHook", "DropHook", "Keeper", "Outcomes", "rep
 
 log = logging.getLogger("voyado_tracking")
 
+_S = TypeVar("_S", bound=BufferStats)
 DropHook = Callable[[Event, str], object]
 DeadLetterHook = Callable[[Event, VoyadoError], object]
 
 
-class Keeper(Protocol):
-    """The other holder of a sink's events (a journal, a stream), told where they end."""
+class Keeper:
+    """The other holder of a sink's events (a journal, a stream), told where they end.
+
+    This base keeps nothing and hears nothing (:data:`NO_KEEPER`); the journal and the
+    forwarder's settlement override what concerns them.
+    """
+
+    __slots__ = ()
 
     def sent(self, events: list[Event]) -> None:
         """*events* were delivered (2xx)."""
@@ -57,45 +65,21 @@ class Keeper(Protocol):
     def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
         """At close (or when the client closed): keep what can be kept for a later delivery;
         return the events that are not kept. *in_flight*: taken for a send."""
+        return events
 
     def progress(self) -> None:
         """Room may have freed in the store."""
 
     def flush_marks(self, marks: Marks) -> Marks | None:
         """The marks ``flush()`` must wait for (None: not known yet)."""
-
-    def unclosed(self, held: int) -> str:
-        """What becomes of *held* events of a sink that was never closed (for its log)."""
-
-
-class _NoKeeper:
-    """No other holder: nothing kept, nothing to tell."""
-
-    __slots__ = ()
-
-    def sent(self, events: list[Event]) -> None:
-        pass
-
-    def dead(self, events: list[Event], error: VoyadoError) -> None:
-        pass
-
-    def dropped(self, event: Event) -> None:
-        pass
-
-    def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
-        return events
-
-    def progress(self) -> None:
-        pass
-
-    def flush_marks(self, marks: Marks) -> Marks | None:
         return marks
 
     def unclosed(self, held: int) -> str:
+        """What becomes of *held* events of a sink that was never closed (for its log)."""
         return "they are lost"
 
 
-NO_KEEPER: Keeper = _NoKeeper()
+NO_KEEPER: Final = Keeper()
 
 
 class Outcomes:
@@ -133,6 +117,21 @@ class Outcomes:
         self._on_dead_letter = on_dead_letter
         self._client_closed = client_closed
         self._retry_log = LossLog()
+
+    def snapshot(self, cls: type[_S], **extra: Any) -> _S:
+        """A stats snapshot of the store and the requests (*extra*: the sink's own fields)."""
+        s = self.store
+        oldest = s.oldest_pending_at()
+        p50, p99 = self.delays.percentiles()
+        return cls(
+            enqueued=s.enqueued, collapsed=s.collapsed, sent=s.sent, requests=self.requests,
+            retries=self.retries, dropped=s.dropped, dead_lettered=s.dead_lettered,
+            spooled=s.spooled, pending_carts=s.pending_carts,
+            pending_product_views=s.pending_views, in_flight=s.in_flight,
+            recovered=s.recovered,
+            oldest_pending_age=0.0 if oldest is None else self._clock.now() - oldest,
+            delivery_delay_p50=p50, delivery_delay_p99=p99, **extra,
+        )
 
     # -- what waits on it ---------------------------------------------------------------------
 
@@ -218,6 +217,11 @@ class Outcomes:
                 self._on_drop(event, reason)
             except Exception:
                 log.exception("on_drop callback failed")
+
+    def unreadable(self) -> None:
+        """A forwarder read an entry it cannot decode: taken in and dead-lettered at once."""
+        self.store.enqueued += 1
+        self.store.dead_lettered += 1
 
     def refused(self, event: Event) -> None:
         """A full store with ``overflow="raise"`` refused *event* (never counted)."""

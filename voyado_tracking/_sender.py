@@ -73,15 +73,6 @@ class Sender:
         self._stopping = False
         self.crashes = 0
 
-    @property
-    def forcing(self) -> int:
-        """> 0 while flush() or close wants everything sent now."""
-        return self.lanes.forcing
-
-    @forcing.setter
-    def forcing(self, value: int) -> None:
-        self.lanes.forcing = value
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -39,8 +39,7 @@ from .._clock import Clock, MonotonicClock, wait_until
 from .._errors import InvalidEventError, VoyadoError
 from .._intake import State, drain_then_stop
 from .._lifecycle import AsyncClosing, stop_tasks
-from .._outcomes import DeadLetterHook, Outcomes
-from .._records import Marks
+from .._outcomes import DeadLetterHook, Keeper, Outcomes
 from .._sender import Sender
 from .._settings import FlushSettings
 from .._stats import ForwarderStats
@@ -72,7 +71,7 @@ _READ_BLOCK_MAX: Final = 0.5  # seconds an XREADGROUP may block
 _POLL: Final = 0.05  # flush() re-checks the stream this often (other forwarders work too)
 
 
-class _Settlement:
+class _Settlement(Keeper):
     """The forwarder's keeper: what the end of its events means for the entries it holds.
 
     Delivered: ack (``XACK`` + ``XDEL``). Dead-lettered: to ``<stream>:dead``, then ack.
@@ -111,12 +110,6 @@ class _Settlement:
         self.releases.extend(self.ledger.settle(events) if in_flight else self.ledger.clear())
         self.wake.set()
         return []
-
-    def progress(self) -> None:
-        pass
-
-    def flush_marks(self, marks: Marks) -> Marks | None:
-        return marks
 
     def unclosed(self, held: int) -> str:
         return "their entries stay in the stream for other forwarders"
@@ -168,7 +161,6 @@ class Forwarder(AsyncClosing):
         self._tasks: list[asyncio.Task[None]] = []
         self._state = State.NEW
         self._reading = True  # the reader's loop goes on while this holds
-        self._bad_entries = 0
         self.claimed = 0
 
     def __repr__(self) -> str:
@@ -179,14 +171,7 @@ class Forwarder(AsyncClosing):
 
     @property
     def stats(self) -> ForwarderStats:
-        s, outcomes = self._store, self._outcomes
-        return ForwarderStats(
-            enqueued=s.enqueued + self._bad_entries, collapsed=s.collapsed, sent=s.sent,
-            requests=outcomes.requests, retries=outcomes.retries, dropped=s.dropped,
-            dead_lettered=s.dead_lettered + self._bad_entries, spooled=s.spooled,
-            pending_carts=s.pending_carts, pending_product_views=s.pending_views,
-            in_flight=s.in_flight, claimed=self.claimed,
-        )
+        return self._outcomes.snapshot(ForwarderStats, claimed=self.claimed)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -216,7 +201,7 @@ class Forwarder(AsyncClosing):
         if it died). ``TimeoutError`` after *timeout* seconds.
         """
         deadline = None if timeout is None else self._clock.now() + timeout
-        self._sender.forcing += 1
+        self._sender.lanes.forcing += 1
         self._sender.wake()
         try:
             mark: str | None = None
@@ -236,7 +221,7 @@ class Forwarder(AsyncClosing):
                 self._sender.wake()
                 await self._sleep(_POLL)
         finally:
-            self._sender.forcing -= 1
+            self._sender.lanes.forcing -= 1
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop reading, deliver what is held within *timeout* seconds, release the rest.
@@ -371,7 +356,7 @@ class Forwarder(AsyncClosing):
             try:
                 event = decode_entry(fields)
             except InvalidEventError as error:
-                self._bad_entries += 1
+                self._outcomes.unreadable()
                 settle.dead_entries.append(dead_entry(fields, f"unreadable entry: {error}"))
                 settle.acks.append(entry_id)
                 self._losses.record("dead:entry", 1, "dead-lettered an unreadable entry",

@@ -13,7 +13,7 @@ delivered (or dead-lettered): which entries may go?".
 
 from __future__ import annotations
 
-from .._models import Cart, ProductView
+from .._models import Cart, ProductView, supersedes
 from .._wire import Event
 from ._stream import entry_key
 
@@ -70,9 +70,9 @@ class Ledger:
         keep: list[tuple[str, Cart]] = []
         settled: list[str] = []
         for eid, held in entries:
-            if held.time < cart.time or (
-                held.time == cart.time and (held is cart or entry_key(eid) <= own_key)
-            ):
+            # Settled unless it would win the collapse against the delivered cart.
+            later = held is not cart and entry_key(eid) > own_key
+            if (not supersedes(held, cart)) if later else supersedes(cart, held):
                 settled.append(eid)
             else:
                 keep.append((eid, held))

@@ -100,20 +100,6 @@ class RedisOutbox(Intake):
         s = self._store
         return OutboxStats(s.enqueued, s.collapsed, s.sent, s.dropped, s.spooled, s.held)
 
-    async def flush(self, timeout: float | None = None) -> None:
-        """Return once everything enqueued before the call is written to Redis (or dropped).
-
-        ``TimeoutError`` after *timeout* seconds; the events stay queued.
-        """
-        await super().flush(timeout)
-
-    async def aclose(self, timeout: float | None = None) -> None:
-        """Stop intake, write what is queued within *timeout* seconds, spool the rest.
-
-        ``timeout`` defaults to 30 seconds.
-        """
-        await super().aclose(timeout)
-
     async def _close_resources(self, timeout: float) -> None:
         if self._owns_redis:
             await close_client(self._redis)
@@ -138,14 +124,6 @@ class _StreamWriter:
         self._writing: list[Batch] = []
         self._failures = 0
         self._stopping = False
-
-    @property
-    def forcing(self) -> int:
-        return self.lanes.forcing
-
-    @forcing.setter
-    def forcing(self, value: int) -> None:
-        self.lanes.forcing = value
 
     def start(self) -> None:
         if self._task is None and not self._stopping:
