@@ -1,8 +1,8 @@
-"""The clock a buffer runs on: what time it is, and "wait for this event, or until then".
+"""The clock the library runs on: what time it is, "wait for this event, or until then", sleep.
 
-Everything time-driven in the buffer and its sender (flush intervals, retry holds, flush and
-close deadlines) asks a :class:`Clock`, so tests can drive them with
-``voyado_tracking.testing.FakeClock`` instead of sleeping.
+Everything time-driven (flush intervals, retry holds, flush and close deadlines, the 429 gate
+and the token bucket, the loss log, the forwarder's loops) asks a :class:`Clock`, so tests can
+drive them with ``voyado_tracking.testing.FakeClock`` instead of sleeping.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ class Clock(Protocol):
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait for *event* at most *timeout* seconds; False when the time ran out."""
 
+    async def sleep(self, seconds: float) -> None:
+        """Let *seconds* pass."""
+
 
 class MonotonicClock:
     """The real clock: ``time.monotonic`` and the event loop's timers."""
@@ -30,6 +33,7 @@ class MonotonicClock:
     __slots__ = ()
 
     now = staticmethod(time.monotonic)
+    sleep = staticmethod(asyncio.sleep)
 
     if sys.version_info >= (3, 11):
 

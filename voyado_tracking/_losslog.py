@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from typing import Final
+
+from ._clock import Clock, MonotonicClock
 
 __all__ = ["LossLog"]
 
@@ -35,11 +35,9 @@ class _Pending:
 class LossLog:
     """One warning per kind of loss every *interval* seconds, with the events counted."""
 
-    def __init__(
-        self, interval: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, interval: float = LOG_EVERY, clock: Clock | None = None) -> None:
         self._interval = interval
-        self._clock = clock
+        self._clock = (MonotonicClock() if clock is None else clock).now
         self._last: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
 

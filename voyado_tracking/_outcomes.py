@@ -105,7 +105,7 @@ class Outcomes:
         self.store = PendingStore(settings, self.dropped)
         self.keeper: Keeper = NO_KEEPER
         self.spool_path = spool_path
-        self.losses = LossLog()
+        self.losses = LossLog(clock=clock)
         self.delays = DeliveryDelays()  # enqueue to 2xx, of the last delivered events
         self.progress = asyncio.Event()  # set whenever something left the store or landed
         self.requests = 0
@@ -116,7 +116,7 @@ class Outcomes:
         self._on_drop = on_drop
         self._on_dead_letter = on_dead_letter
         self._client_closed = client_closed
-        self._retry_log = LossLog()
+        self._retry_log = LossLog(clock=clock)
 
     def snapshot(self, cls: type[_S], **extra: Any) -> _S:
         """A stats snapshot of the store and the requests (*extra*: the sink's own fields)."""

@@ -11,27 +11,24 @@ buffer included:
   synchronously and then sleeps until it, so concurrent callers never race for tokens and
   the burst is bounded by one second's worth of requests.
 
-Clocks and sleeps are injectable so that tests pin timing without sleeping.
+Both take a :class:`Clock` (``now`` and ``sleep``), so tests pin timing without sleeping.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import attrs
 
+from ._clock import Clock, MonotonicClock
 from ._errors import ApiError, VoyadoError
 from ._validators import attrs_optional_positive, attrs_positive, check_int_at_least
 
 __all__ = ["RateLimitGate", "RetryPolicy", "TokenBucket", "parse_retry_after"]
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 # Voyado's longest documented back-off is 300 s; a Retry-After beyond that is not trusted.
 MAX_RETRY_AFTER: Final = 300.0
@@ -126,42 +123,38 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class RateLimitGate:
     """Closed after a 429 until the pause Voyado asked for has passed."""
 
-    __slots__ = ("_clock", "_sleep", "_until")
+    __slots__ = ("_clock", "_until")
 
-    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
-        self._clock = clock
-        self._sleep = sleep
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = MonotonicClock() if clock is None else clock
         self._until = 0.0
 
     def pause(self, seconds: float) -> None:
-        self._until = max(self._until, self._clock() + min(seconds, MAX_RETRY_AFTER))
+        self._until = max(self._until, self._clock.now() + min(seconds, MAX_RETRY_AFTER))
 
     def remaining(self) -> float:
-        return max(0.0, self._until - self._clock())
+        return max(0.0, self._until - self._clock.now())
 
     async def wait(self) -> None:
         # Loop: another 429 may extend the pause while we sleep.
         while (delay := self.remaining()) > 0:
-            await self._sleep(delay)
+            await self._clock.sleep(delay)
 
 
 class TokenBucket:
     """At most *rate* requests per second, bursts of at most one second's worth."""
 
-    __slots__ = ("_clock", "_interval", "_sleep", "_tat", "_tolerance")
+    __slots__ = ("_clock", "_interval", "_tat", "_tolerance")
 
-    def __init__(
-        self, rate: float, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
-    ) -> None:
+    def __init__(self, rate: float, clock: Clock | None = None) -> None:
         self._interval = 1.0 / rate
         self._tolerance = max(rate, 1.0) * self._interval - self._interval
-        self._clock = clock
-        self._sleep = sleep
+        self._clock: Clock = MonotonicClock() if clock is None else clock
         self._tat = 0.0  # theoretical arrival time of the next conforming request
 
     def reserve(self) -> float:
         """Take the next slot; returns how long to wait for it."""
-        now = self._clock()
+        now = self._clock.now()
         tat = max(self._tat, now)
         self._tat = tat + self._interval
         delay = tat - self._tolerance - now
@@ -171,4 +164,4 @@ class TokenBucket:
     async def acquire(self) -> None:
         delay = self.reserve()
         if delay > 0:
-            await self._sleep(delay)
+            await self._clock.sleep(delay)

@@ -170,6 +170,9 @@ class _VirtualTime:
     async def wait(self, event: object, timeout: float) -> bool:  # pragma: no cover
         raise RuntimeError("virtual time never waits")
 
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover
+        raise RuntimeError("virtual time never waits")
+
 
 class _Flusher:
     """A live sender's scheduling in virtual time: the store plans what to send

@@ -219,7 +219,7 @@ class Forwarder(AsyncClosing):
                 if deadline is not None and self._clock.now() >= deadline:
                     raise TimeoutError(f"flush() did not finish in {timeout:g} s")
                 self._sender.wake()
-                await self._sleep(_POLL)
+                await self._clock.sleep(_POLL)
         finally:
             self._sender.lanes.forcing -= 1
 
@@ -269,10 +269,7 @@ class Forwarder(AsyncClosing):
                 raise
             except Exception:
                 log.exception("the Forwarder %s crashed; restarting it", name)
-                await self._sleep(1.0)
-
-    async def _sleep(self, seconds: float) -> None:
-        await self._clock.wait(asyncio.Event(), seconds)
+                await self._clock.sleep(1.0)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -308,7 +305,7 @@ class Forwarder(AsyncClosing):
                 failures += 1
                 self._losses.record("redis-read", 0, "Redis unreachable; forwarder waiting",
                                     f"{type(error).__name__}: {error}"[:200])
-                await self._sleep(REDIS_BACKOFF.backoff(failures))
+                await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
 
     async def _read(self, count: int) -> None:
         if count <= 0:
@@ -388,7 +385,7 @@ class Forwarder(AsyncClosing):
                 failures += 1
                 self._losses.record("redis-ack", 0, "Redis unreachable; acks waiting",
                                     f"{type(error).__name__}: {error}"[:200])
-                await self._sleep(REDIS_BACKOFF.backoff(failures))
+                await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
             else:
                 failures = 0
                 self._progress.set()
@@ -410,7 +407,7 @@ class Forwarder(AsyncClosing):
     async def _refresh_loop(self) -> None:
         every = max(0.02, self.claim_idle / 3)
         while True:
-            await self._sleep(every)
+            await self._clock.sleep(every)
             ids = [*self._ledger.ids(), *self._settle.acks]
             if not ids:
                 continue

@@ -40,6 +40,9 @@ class FakeClock:
             timer.cancel()
         return event.is_set()
 
+    async def sleep(self, seconds: float) -> None:
+        await self.wait(asyncio.Event(), seconds)
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by *seconds*, firing due timers in order."""
         target = self._now + seconds
