@@ -117,9 +117,9 @@ class TrackingBuffer(Intake):
     def _can_drain(self) -> bool:
         return not self.client.closed
 
-    async def _close_resources(self, timeout: float) -> None:
+    async def _close_resources(self, deadline: float, grace: float) -> None:
         if self._journaling is not None:
-            await self._journaling.aclose(timeout)
+            await self._journaling.aclose(deadline - self._clock.now())
 
     def _held(self) -> str:
         s = self._store

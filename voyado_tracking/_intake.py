@@ -42,7 +42,7 @@ from ._records import Lanes
 from ._settings import FlushSettings
 from ._wire import Event
 
-__all__ = ["Drain", "Intake", "State", "drain_then_stop"]
+__all__ = ["Drain", "Intake", "Lifecycle", "State", "drain_then_stop"]
 
 log = logging.getLogger("voyado_tracking")
 
@@ -102,10 +102,82 @@ def _report_unclosed_at_exit() -> None:
         sink._report_unclosed("the interpreter is exiting")
 
 
-class Intake(AsyncClosing):
-    """The shared lifecycle of an event sink (see the module docstring)."""
+class Lifecycle(AsyncClosing):
+    """The state of a sink (or a forwarder) and its bounded close, over a drain."""
 
     _noun = "buffer"  # in messages: "the buffer is closed"
+
+    def __init__(
+        self, settings: FlushSettings, outcomes: Outcomes, drain: Drain, clock: Clock
+    ) -> None:
+        self.settings = settings
+        self._outcomes = outcomes
+        self._store = outcomes.store
+        self._drain = drain
+        self._clock = clock
+        self._state = State.NEW
+        self._fork_generation = _fork_generation
+        self._closed: asyncio.Future[None] | None = None
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop intake, hand over what is queued within *timeout* seconds, spool the rest.
+
+        ``timeout`` defaults to ``settings.shutdown_timeout``; the call returns within it.
+        Idempotent: a second call waits for the first.
+        """
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._check_fork()
+        state, self._state = self._state, State.CLOSING
+        self._closing()
+        self._closed = asyncio.get_running_loop().create_future()
+        timeout = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+        clock = self._clock
+        deadline = clock.now() + timeout
+        # Keep a slice of the time for cancelled requests to hand their events back.
+        grace = min(_CANCEL_GRACE, timeout / 4)
+        try:
+            if state is State.OPEN:
+                await self._stop_intake(deadline - grace)
+            await drain_then_stop(clock, self._drain, self._outcomes, deadline, grace,
+                                  deliver=state is State.OPEN and self._can_drain())
+        finally:
+            try:
+                await self._close_resources(deadline, grace)
+            finally:
+                self._finish_close()
+
+    def _finish_close(self) -> None:
+        self._state = State.CLOSED
+        self._outcomes.losses.flush()
+        self._outcomes.notify()  # wake flush() and put() callers: it is over
+        assert self._closed is not None
+        self._closed.set_result(None)
+
+    def _closing(self) -> None:
+        """Intake stops (synchronously, as the close begins)."""
+
+    async def _stop_intake(self, until: float) -> None:
+        """What feeds the store stops, by *until* at the latest (clock time)."""
+
+    def _can_drain(self) -> bool:
+        """Whether the drain can still deliver at close."""
+        return True
+
+    async def _close_resources(self, deadline: float, grace: float) -> None:
+        """Close what the sink owns besides its drain, by *deadline* (plus *grace* for
+        tasks that must be cancelled)."""
+
+    def _check_fork(self) -> None:
+        if self._fork_generation != _fork_generation:
+            raise RuntimeError(
+                f"a {type(self).__name__} cannot be used in a forked child process"
+            )
+
+
+class Intake(Lifecycle):
+    """The shared lifecycle of an event sink (see the module docstring)."""
 
     def __init__(
         self,
@@ -115,21 +187,15 @@ class Intake(AsyncClosing):
         clock: Clock,
         journal: _Journal | None = None,
     ) -> None:
-        self.settings = settings
-        self._outcomes = outcomes
-        self._store = store = outcomes.store
-        self._drain = drain
-        self._clock = clock
+        super().__init__(settings, outcomes, drain, clock)
+        store = self._store
         self._now = clock.now
         self._journal = journal
         # The store's adders, typed loosely: enqueue checks the type itself.
         self._add_view: Callable[[Any, float], bool] = store.add_view
         self._add_cart: Callable[[Any, float], bool] = store.add_cart
-        self._state = State.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_loop: object = _NOT_READY
-        self._fork_generation = _fork_generation
-        self._closed: asyncio.Future[None] | None = None
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -222,51 +288,13 @@ class Intake(AsyncClosing):
         finally:
             drain.lanes.forcing -= 1
 
-    async def aclose(self, timeout: float | None = None) -> None:
-        """Stop intake, hand over what is queued within *timeout* seconds, spool the rest.
-
-        ``timeout`` defaults to ``settings.shutdown_timeout``; the call returns within it.
-        Idempotent: a second call waits for the first.
-        """
-        if self._closed is not None:
-            await asyncio.shield(self._closed)
-            return
-        self._check_fork()
-        state, self._state = self._state, State.CLOSING
-        self._ready_loop = _NOT_READY
-        _open_sinks.discard(self)
-        self._closed = asyncio.get_running_loop().create_future()
-        timeout = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
-        clock, drain = self._clock, self._drain
-        deadline = clock.now() + timeout
-        # Keep a slice of the time for cancelled requests to hand their events back.
-        grace = min(_CANCEL_GRACE, timeout / 4)
-        try:
-            await drain_then_stop(clock, drain, self._outcomes, deadline, grace,
-                                  deliver=state is State.OPEN and self._can_drain())
-        finally:
-            try:
-                await self._close_resources(deadline - clock.now())
-            finally:
-                self._finish_close()
-
     async def __aenter__(self: _I) -> _I:
         self._ensure_running()
         return self
 
-    def _finish_close(self) -> None:
-        self._state = State.CLOSED
-        self._outcomes.losses.flush()
-        self._outcomes.notify()  # wake flush() and put() callers: it is over
-        assert self._closed is not None
-        self._closed.set_result(None)
-
-    def _can_drain(self) -> bool:
-        """Whether the drain can still deliver at close."""
-        return True
-
-    async def _close_resources(self, timeout: float) -> None:
-        """Close what the sink owns besides its drain, within *timeout* seconds."""
+    def _closing(self) -> None:
+        self._ready_loop = _NOT_READY
+        _open_sinks.discard(self)
 
     def _held(self) -> str:
         """What the sink still holds, for a timeout's message."""
@@ -297,12 +325,6 @@ class Intake(AsyncClosing):
         return held
 
     # -- loop binding -------------------------------------------------------------------------
-
-    def _check_fork(self) -> None:
-        if self._fork_generation != _fork_generation:
-            raise RuntimeError(
-                f"a {type(self).__name__} cannot be used in a forked child process"
-            )
 
     def _bind_if_running(self) -> None:
         """Bind to the running loop, if there is one (a sink built inside its loop)."""

@@ -1,7 +1,7 @@
 """The records a pending store hands around, and the table of its streams.
 
-- :data:`STREAMS`: what differs between carts and product views, as data: the event type,
-  its name in event files, the batch endpoint, and whether batches go one at a time.
+- :data:`STREAMS`: what differs between the streams of carts and product views, as data:
+  the batch endpoint, and whether batches go one at a time.
 - :class:`Lanes`: what a driver of the store (the sender, the outbox's writer, ``tune``'s
   simulation) has in flight per stream, and how long a stream is held after a failure;
   :meth:`PendingStore.plan` reads it to decide what to send now.
@@ -16,9 +16,9 @@ from typing import Final, Literal
 
 import attrs
 
-from ._models import Cart, ProductView
+from ._models import Cart
 from ._settings import FlushSettings
-from ._wire import CARTS_BATCH, PRODUCT_VIEWS, Event, EventType
+from ._wire import CARTS_BATCH, PRODUCT_VIEWS, Event
 
 __all__ = [
     "KINDS", "STREAMS", "Batch", "CartEntry", "DropReason", "Kind", "Lanes", "Marks",
@@ -34,11 +34,9 @@ Marks = dict[Kind, int]
 
 @attrs.frozen
 class StreamKind:
-    """One stream of a pending store: which events it holds and how they travel."""
+    """One stream of a pending store: how its batches travel."""
 
     kind: Kind
-    event_type: type[Event]
-    type_name: EventType  # the "type" of an event file's line
     batch_path: str
     # Cart batches go one at a time, so a cart's updates reach Voyado in arrival order even
     # at equal times; product views use up to ``max_concurrent_requests``.
@@ -46,10 +44,8 @@ class StreamKind:
 
 
 STREAMS: Final[dict[Kind, StreamKind]] = {
-    "carts": StreamKind("carts", Cart, "cart", CARTS_BATCH, one_at_a_time=True),
-    "product_views": StreamKind(
-        "product_views", ProductView, "product_view", PRODUCT_VIEWS, one_at_a_time=False
-    ),
+    "carts": StreamKind("carts", CARTS_BATCH, one_at_a_time=True),
+    "product_views": StreamKind("product_views", PRODUCT_VIEWS, one_at_a_time=False),
 }
 
 

@@ -37,8 +37,8 @@ import redis.exceptions
 from .._client import TrackingClient
 from .._clock import Clock, MonotonicClock, wait_until
 from .._errors import InvalidEventError, VoyadoError
-from .._intake import State, drain_then_stop
-from .._lifecycle import AsyncClosing, stop_tasks
+from .._intake import Lifecycle, State
+from .._lifecycle import stop_tasks
 from .._outcomes import DeadLetterHook, Keeper, Outcomes
 from .._sender import Sender
 from .._settings import FlushSettings
@@ -115,7 +115,7 @@ class _Settlement(Keeper):
         return "their entries stay in the stream for other forwarders"
 
 
-class Forwarder(AsyncClosing):
+class Forwarder(Lifecycle):
     """Deliver what a fleet's :class:`RedisOutbox` instances write to the stream.
 
     ``async with vt.Forwarder(client, "redis://...") as forwarder:`` consumes until closed.
@@ -140,26 +140,24 @@ class Forwarder(AsyncClosing):
         settings = FlushSettings() if settings is None else settings
         if not isinstance(settings, FlushSettings):
             raise TypeError(f"settings must be a FlushSettings, got {type(settings).__name__}")
-        self.client, self.settings = client, settings
+        self.client = client
         self.stream, self.group = str(stream), str(group)
         self.consumer = consumer or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self.claim_idle = check_positive("claim_idle", claim_idle)
         self._redis, self._owns_redis = connect(redis_url)
-        self._clock: Clock = MonotonicClock() if clock is None else clock
-        self._outcomes = Outcomes(settings, self._clock, name="forwarder", sink="Forwarder",
-                                  on_dead_letter=on_dead_letter)
-        self._settle = _Settlement(self.stream)
-        self._outcomes.keeper = self._settle
-        self._store = self._outcomes.store
+        clock = MonotonicClock() if clock is None else clock
+        outcomes = Outcomes(settings, clock, name="forwarder", sink="Forwarder",
+                            on_dead_letter=on_dead_letter)
+        self._settle = outcomes.keeper = _Settlement(self.stream)
+        self._sender = Sender(outcomes, client.transport.post, settings, clock=clock)
+        super().__init__(settings, outcomes, self._sender, clock)
         self._ledger = self._settle.ledger
-        self._progress = self._outcomes.progress
-        self._losses = self._outcomes.losses
-        self._sender = Sender(self._outcomes, client.transport.post, settings, clock=self._clock)
+        self._progress = outcomes.progress
+        self._losses = outcomes.losses
         self._cursor = "0"  # own pending entries first, then ">" (new ones)
         self._tasks: list[asyncio.Task[None]] = []
-        self._state = State.NEW
         self._reading = True  # the reader's loop goes on while this holds
         self.claimed = 0
 
@@ -229,35 +227,29 @@ class Forwarder(AsyncClosing):
         Released entries stay in the stream, marked idle so other forwarders claim them at
         once. ``timeout`` defaults to ``settings.shutdown_timeout``.
         """
-        if self._state in (State.CLOSING, State.CLOSED):
-            return
-        started, self._state = self._state is State.OPEN, State.CLOSING
-        timeout = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
-        deadline = self._clock.now() + timeout
-        grace = min(1.0, timeout / 4)
-        try:
-            if started:
-                await self._finish(deadline, grace)
-        finally:
-            await stop_tasks(self._tasks, grace)
-            self._state = State.CLOSED
-            self._losses.flush()
-            if self._owns_redis:
-                await close_client(self._redis)
+        await super().aclose(timeout)
 
-    async def _finish(self, deadline: float, grace: float) -> None:
+    async def _stop_intake(self, until: float) -> None:
         # The reader stops at its next turn rather than by cancellation: a command cancelled
         # between request and reply can leave a redis-py connection waiting forever (redis-py
         # issues 2579 and 2624), and a read blocks at most half a second anyway. A short
-        # close cancels it all the same: every wait below is bounded.
+        # close cancels it all the same: every wait is bounded.
         self._reading = False
-        budget = min(_READ_BLOCK_MAX + 0.5, deadline - grace - self._clock.now())
+        budget = min(_READ_BLOCK_MAX + 0.5, until - self._clock.now())
         await stop_tasks(self._tasks[:1], budget, cancel=False)
-        # Deliver what is held, then release the rest (the settlement keeps it all).
-        await drain_then_stop(self._clock, self._sender, self._outcomes, deadline, grace,
-                              deliver=not self.client.closed)
-        await wait_until(self._clock, self._progress, self._settle.committed,
-                         max(0.0, deadline - self._clock.now()))
+
+    def _can_drain(self) -> bool:
+        return not self.client.closed
+
+    async def _close_resources(self, deadline: float, grace: float) -> None:
+        # What was delivered, dead-lettered or released is committed by the deadline.
+        try:
+            await wait_until(self._clock, self._progress, self._settle.committed,
+                             max(0.0, deadline - self._clock.now()))
+        finally:
+            await stop_tasks(self._tasks, grace)
+            if self._owns_redis:
+                await close_client(self._redis)
 
     async def _guard(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a task body; a bug is logged and the body restarted, never silently lost."""

@@ -100,7 +100,7 @@ class RedisOutbox(Intake):
         s = self._store
         return OutboxStats(s.enqueued, s.collapsed, s.sent, s.dropped, s.spooled, s.held)
 
-    async def _close_resources(self, timeout: float) -> None:
+    async def _close_resources(self, deadline: float, grace: float) -> None:
         if self._owns_redis:
             await close_client(self._redis)
 
