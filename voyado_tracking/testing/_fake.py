@@ -399,6 +399,9 @@ class FakeVoyado(AsyncClosing):
             if isinstance(event, Cart):
                 self.cart_updates.append(event)
                 current = self.carts.get(event.cart_reference)
+                # Voyado's rule, written out here on purpose: the stand-in for Voyado must
+                # not share the library's code (``supersedes``), or a mistake there would
+                # pass every test run against it.
                 if current is None or event.time >= current.time:
                     self.carts[event.cart_reference] = event
             else:

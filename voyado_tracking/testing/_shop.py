@@ -22,7 +22,7 @@ from typing import Final
 
 import attrs
 
-from .._models import Cart, CartItem, ProductView, Utm
+from .._models import Cart, CartItem, ProductView, Utm, supersedes
 from .._wire import Event
 
 __all__ = ["DEFAULT_START", "latest_carts", "shop_traffic"]
@@ -181,6 +181,6 @@ def latest_carts(events: Iterable[Event]) -> dict[str, Cart]:
     for event in events:
         if isinstance(event, Cart):
             current = latest.get(event.cart_reference)
-            if current is None or event.time >= current.time:
+            if current is None or supersedes(event, current):
                 latest[event.cart_reference] = event
     return latest
