@@ -16,6 +16,7 @@ import pytest
 from conftest import CONTACT, FAST_RETRY, cart, fast_settings, view
 
 import voyado_tracking as vt
+from voyado_tracking._journal_rows import Delete
 from voyado_tracking.testing import Chaos, FakeVoyado
 
 
@@ -420,11 +421,11 @@ def test_views_that_leave_the_buffer_before_their_commit_are_never_written(
     writer = stepping_writer(tmp_path)
     delivered, pending = [view(f"d{i}") for i in range(5)], [view("p")]
     changes = writer._own.db.total_changes
-    writer.ops.extend([*delivered, *pending, ("delete", delivered)])
+    writer.ops.extend([*delivered, *pending, Delete(delivered)])
     writer._step()
     assert writer._own.db.total_changes - changes == 1  # one insert, no insert-then-delete
     assert rows(tmp_path) == 1
-    writer.ops.append(("delete", pending))
+    writer.ops.append(Delete(pending))
     writer._step()
     assert rows(tmp_path) == 0
     writer._close_files()
@@ -438,10 +439,10 @@ def test_a_view_object_enqueued_twice_keeps_a_row_until_both_are_resolved(
     writer.ops.extend([twice, view("other"), twice])
     writer._step()
     assert rows(tmp_path) == 3
-    writer.ops.append(("delete", [twice]))
+    writer.ops.append(Delete([twice]))
     writer._step()
     assert rows(tmp_path) == 2
-    writer.ops.append(("delete", [twice]))
+    writer.ops.append(Delete([twice]))
     writer._step()
     assert rows(tmp_path) == 1
     writer._close_files()

@@ -12,14 +12,11 @@ import pytest
 
 import voyado_tracking as vt
 from voyado_tracking import _journal_db
+from voyado_tracking._journal_body import decode_cart, decode_view, encode_cart, encode_views
 from voyado_tracking._journal_db import (
     CorruptFile,
     ForeignFile,
     JournalFile,
-    decode_cart,
-    decode_view,
-    encode_cart,
-    encode_views,
     instant_of,
     journal_files,
     private_directory,

@@ -33,8 +33,8 @@ import attrs
 
 from ._clock import Clock
 from ._errors import BufferFullError
-from ._journal_rows import Mark
-from ._journal_writer import Loaded, Source, Writer, post_to
+from ._journal_rows import Delete, Forget, Loaded, Mark, Recovered, Source, Want
+from ._journal_writer import Writer, post_to
 from ._models import Cart, ProductView
 from ._store import PendingStore
 from ._validators import attrs_int_at_least, attrs_positive
@@ -202,7 +202,7 @@ class Journaling:
         if self._recovered:
             events = self._pop_recovered(events, "recovered")
         if events:
-            self._ops.append(("delete", events))
+            self._ops.append(Delete(events))
 
     def _pop_recovered(self, events: list[Event], op: str) -> list[Event]:
         """Queue *op* for the recovered views among *events* (by file); return the others."""
@@ -215,7 +215,7 @@ class Journaling:
             else:
                 by_source.setdefault(row[0], []).append(row[1])
         if by_source and op == "recovered":
-            self._ops.append((op, by_source))
+            self._ops.append(Recovered(by_source))
         return rest
 
     def keep(self, events: list[Event], *, in_flight: bool = False) -> list[Event]:
@@ -233,7 +233,7 @@ class Journaling:
             rest = [e for e in own if type(e) is not ProductView
                     or seqs.get(id(e), committed + 1) > committed]
         if writer is not None:
-            self._ops.append(("forget", own))  # their rows stay: the writer drops its entries
+            self._ops.append(Forget(own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)
         if in_flight:
             self._store.resolved(kept_count, "spooled")
@@ -322,7 +322,7 @@ class Journaling:
         want = min(CHUNK, self._room())
         if want >= min(CHUNK, self._store.settings.max_pending // 4 or 1):
             self._asking = True
-            self._ops.append(("want", want))
+            self._ops.append(Want(want))
             writer.wake()
 
     def _loaded(self, loaded: list[Loaded], done: bool) -> None:
