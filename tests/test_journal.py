@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import logging
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _journal_v1 import write_v1_journal
 from conftest import CONTACT, FAST_RETRY, cart, fast_settings, view
 
 import voyado_tracking as vt
+from voyado_tracking._journal_rows import Delete
 from voyado_tracking.testing import Chaos, FakeVoyado
 
 
@@ -184,6 +187,46 @@ async def test_recovery_streams_within_max_pending_and_drops_nothing(
     assert b.stats.recovered == 300
     assert len({v.item_id for v in fake.product_views}) == 300
     assert 0 < peak <= 40
+
+
+async def test_a_buffer_recovers_every_event_of_a_format_1_journal_with_all_its_fields(
+    fake: FakeVoyado, client: vt.TrackingClient, tmp_path: Path
+) -> None:
+    """Format-1 files (bodies as arrays in a frozen field order) are migrated, not set aside."""
+    write_v1_journal(
+        tmp_path / "journal-0123456789abcdef.sqlite3", client.transport.fingerprint("journal"),
+        views=[
+            ["SKU-1", CONTACT, "2024-05-01T10:00:00.123456+02:00", "shoes", "s1", True, "sv-SE",
+             "https://shop.example/p/1", "https://ref.example/",
+             [["utm_source", "mail"], ["utm_campaign", "spring"], ["utm_term", ""]]],
+            ["SKU-2", CONTACT, "2024-05-01T10:00:01Z", None, None, False, None, None, None, []],
+        ],
+        carts=[
+            ["c1", CONTACT, [["SKU-1", 2], ["SKU-3", 1]], "2024-05-01T10:00:02-05:00", "en-US",
+             "https://shop.example/cart"],
+            ["c2", CONTACT, [], "2024-05-01T10:00:03Z", None, None],  # emptied
+        ],
+    )
+    async with buffer(client, tmp_path) as b:
+        await b.flush()
+    assert fake.product_views == [
+        vt.ProductView("SKU-1", CONTACT, time="2024-05-01T10:00:00.123456+02:00",
+                       category="shoes", session_id="s1", new_session=True, language="sv-SE",
+                       url="https://shop.example/p/1", external_referrer="https://ref.example/",
+                       utm=[vt.Utm("utm_source", "mail"), vt.Utm("utm_campaign", "spring"),
+                            vt.Utm("utm_term", "")]),
+        vt.ProductView("SKU-2", CONTACT, time="2024-05-01T10:00:01Z", new_session=False),
+    ]
+    assert fake.carts == {
+        "c1": vt.Cart("c1", CONTACT, [vt.CartItem("SKU-1", 2), vt.CartItem("SKU-3", 1)],
+                      time="2024-05-01T10:00:02-05:00", language="en-US",
+                      url="https://shop.example/cart"),
+        "c2": vt.Cart("c2", CONTACT, time="2024-05-01T10:00:03Z"),
+    }
+    assert b.stats.recovered == 4
+    assert b.stats.journal_errors == 0
+    assert rows(tmp_path) == 0
+    assert files(tmp_path) == []  # recovered, then removed
 
 
 async def test_flush_waits_for_recovery_to_finish(
@@ -420,11 +463,11 @@ def test_views_that_leave_the_buffer_before_their_commit_are_never_written(
     writer = stepping_writer(tmp_path)
     delivered, pending = [view(f"d{i}") for i in range(5)], [view("p")]
     changes = writer._own.db.total_changes
-    writer.ops.extend([*delivered, *pending, ("delete", delivered)])
+    writer.ops.extend([*delivered, *pending, Delete(delivered)])
     writer._step()
     assert writer._own.db.total_changes - changes == 1  # one insert, no insert-then-delete
     assert rows(tmp_path) == 1
-    writer.ops.append(("delete", pending))
+    writer.ops.append(Delete(pending))
     writer._step()
     assert rows(tmp_path) == 0
     writer._close_files()
@@ -438,10 +481,39 @@ def test_a_view_object_enqueued_twice_keeps_a_row_until_both_are_resolved(
     writer.ops.extend([twice, view("other"), twice])
     writer._step()
     assert rows(tmp_path) == 3
-    writer.ops.append(("delete", [twice]))
+    writer.ops.append(Delete([twice]))
     writer._step()
     assert rows(tmp_path) == 2
-    writer.ops.append(("delete", [twice]))
+    writer.ops.append(Delete([twice]))
     writer._step()
     assert rows(tmp_path) == 1
     writer._close_files()
+
+
+def test_the_writer_refuses_an_op_it_does_not_know(tmp_path: Path) -> None:
+    """Ops are typed (Delete, Forget, Recovered, Want): an untyped one is a bug, said loudly."""
+    writer = stepping_writer(tmp_path)
+    writer.ops.append(("delete", [view("a")]))
+    with pytest.raises(TypeError, match="unknown op"):
+        writer._step()
+    writer._close_files()
+
+
+def test_no_module_of_the_journal_imports_one_that_imports_it_back() -> None:
+    """Imports under TYPE_CHECKING or inside functions count too."""
+    package = Path(vt.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("_journal*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {node.module for node in ast.walk(tree)
+                            if isinstance(node, ast.ImportFrom) and node.level == 1
+                            and node.module and node.module.startswith("_journal")}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for name in graph.get(start, ()):
+            if name == target or (name not in seen and reaches(name, target, seen | {name})):
+                return True
+        return False
+
+    assert len(graph) >= 5
+    assert [name for name in graph if reaches(name, name, set())] == []

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+from _journal_v1 import write_v1_journal
 
 import voyado_tracking as vt
 from voyado_tracking import _journal_db
+from voyado_tracking._journal_body import decode_cart, decode_view, encode_cart, encode_views
 from voyado_tracking._journal_db import (
     CorruptFile,
     ForeignFile,
     JournalFile,
-    decode_cart,
-    decode_view,
-    encode_cart,
-    encode_views,
     instant_of,
     journal_files,
     private_directory,
@@ -186,3 +184,30 @@ def test_remove_deletes_the_database_and_its_lock(tmp_path: Path) -> None:
     file = create(tmp_path)
     file.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_format_1_file_is_rewritten_to_format_2_when_adopted(tmp_path: Path) -> None:
+    path = write_v1_journal(
+        tmp_path / "journal-0123456789abcdef.sqlite3", OWNER,
+        views=[["SKU-1", CONTACT, "2024-05-01T10:00:00+02:00", None, None, None, None, None,
+                None, [["utm_source", "mail"]]]],
+        carts=[["c1", CONTACT, [["SKU-1", 2]], "2024-05-01T10:00:00Z", "sv-SE", None]],
+        raw_views=[b"not json"],
+    )
+    adopted = JournalFile.adopt(path, OWNER, synchronous="NORMAL")
+    assert adopted is not None
+    assert adopted.db.execute("PRAGMA user_version").fetchone()[0] == _journal_db.FORMAT == 2
+    views = adopted.read_views(0, 10)
+    assert [row.rowid for row in views] == [1, 2]
+    assert orjson.loads(views[0].body) == {
+        "item_id": "SKU-1", "contact_id": CONTACT, "time": "2024-05-01T10:00:00+02:00",
+        "category": None, "session_id": None, "new_session": None, "language": None,
+        "url": None, "external_referrer": None, "utm": [{"key": "utm_source", "value": "mail"}],
+    }
+    assert views[1].body == b"not json"  # left for recovery to remove as unreadable
+    [cart_row] = adopted.read_carts(0, 10)
+    assert decode_cart(cart_row.body) == vt.Cart("c1", CONTACT, [vt.CartItem("SKU-1", 2)],
+                                                 time="2024-05-01T10:00:00Z", language="sv-SE")
+    # The instants the upsert and the deletes compare are untouched.
+    adopted.delete_carts([("c1", instant_of(vt.Cart("c1", CONTACT, time="2024-05-01T10:00:00Z")))])
+    assert adopted.counts() == (0, 2)

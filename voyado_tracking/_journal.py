@@ -9,7 +9,7 @@ never touching SQLite itself; what it recovers goes into the store through ``Out
 
 Rows and events: ``enqueue`` only appends the event to the writer's queue; the writer thread
 numbers the views and keeps the ``id(view) -> row`` map (see ``_journal_writer``). When events
-leave the buffer one ``("delete", events)`` op carries them to the writer; a cart's row is its
+leave the buffer one ``Delete(events)`` op carries them to the writer; a cart's row is its
 ``cart_reference``, deleted up to the delivered instant so a newer pending update stays.
 
 Recovery streams: the writer reads the files of processes that are gone (and this process's
@@ -35,8 +35,8 @@ import attrs
 
 from ._clock import Clock
 from ._errors import VoyadoError
-from ._journal_rows import Mark
-from ._journal_writer import Loaded, Source, Writer, post_to
+from ._journal_rows import Delete, Forget, Loaded, Mark, Recovered, Source, Want
+from ._journal_writer import Writer, post_to
 from ._models import Cart, ProductView
 from ._outcomes import Keeper, Outcomes
 from ._records import Marks
@@ -187,7 +187,7 @@ class Journaling(Keeper):
         if self._recovered:
             events = self._pop_recovered(events, "recovered")
         if events:
-            self._ops.append(("delete", events))
+            self._ops.append(Delete(events))
 
     def _pop_recovered(self, events: list[Event], op: str) -> list[Event]:
         """Queue *op* for the recovered views among *events* (by file); return the others."""
@@ -200,7 +200,7 @@ class Journaling(Keeper):
             else:
                 by_source.setdefault(row[0], []).append(row[1])
         if by_source and op == "recovered":
-            self._ops.append((op, by_source))
+            self._ops.append(Recovered(by_source))
         return rest
 
     def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
@@ -216,7 +216,7 @@ class Journaling(Keeper):
             rest = [e for e in own if type(e) is not ProductView
                     or seqs.get(id(e), committed + 1) > committed]
         if writer is not None:
-            self._ops.append(("forget", own))  # their rows stay: the writer drops its entries
+            self._ops.append(Forget(own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)
         if kept_count and not in_flight:
             log.warning("%d undelivered events stay in the journal in %s for the next start",
@@ -302,7 +302,7 @@ class Journaling(Keeper):
         want = min(CHUNK, self._room())
         if want >= min(CHUNK, self._store.settings.max_pending // 4 or 1):
             self._asking = True
-            self._ops.append(("want", want))
+            self._ops.append(Want(want))
             writer.wake()
 
     def _loaded(self, loaded: list[Loaded], done: bool) -> None:

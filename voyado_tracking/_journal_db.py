@@ -15,30 +15,32 @@ Schema (``PRAGMA user_version`` is the format, ``application_id`` marks our file
 
 ``written`` is the wall clock (Unix seconds) at write and ``instant`` a cart's ``time`` in
 microseconds since the epoch, so that "latest wins" and "delete what was delivered" compare
-instants, not strings with offsets. ``body`` is the event's fields in constructor order as a
-JSON array (a UTM or cart item as ``[key, value]`` / ``[sku, quantity]``): a run of views is
-encoded with one ``orjson.dumps`` and inserted with one statement (``json_each``), which
-costs the writer thread, and so the event loop it shares the GIL with, several times less
-than one wire dict per event. Recovery rebuilds events through their validating constructors.
+instants, not strings with offsets.
+
+``body`` is the event as JSON, written and read by ``_journal_body``: format 2 is an object
+keyed by field name, so a field added later needs no new format; a format-1 file (bodies as
+arrays in a frozen field order) is rewritten to format 2 when it is adopted, in the
+transaction that bumps its ``user_version``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import operator
 import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
+from itertools import starmap
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, NamedTuple
 
-import attrs
 import orjson
 
-from ._models import Cart, CartItem, ProductView, Utm
+# encode_views is imported from here by the benchmarks too.
+from ._journal_body import V1_MIGRATION, add_v1_functions, encode_views
+from ._models import Cart
 
 __all__ = [
     "FORMAT",
@@ -47,22 +49,19 @@ __all__ = [
     "ForeignFile",
     "JournalFile",
     "Row",
-    "decode_cart",
-    "decode_view",
-    "encode_cart",
     "encode_views",
     "instant_of",
     "journal_files",
     "private_directory",
 ]
 
-FORMAT: Final = 1
+FORMAT: Final = 2
 APPLICATION_ID: Final = 0x56544A4E  # "VTJN"
 PREFIX: Final = "journal-"
 SUFFIX: Final = ".sqlite3"
 
-# Schema changes from an older format, run in order when a file is adopted: {from: script}.
-MIGRATIONS: dict[int, str] = {}
+# Changes from an older format, run in order when a file is adopted: {from: script}.
+MIGRATIONS: dict[int, str] = {1: V1_MIGRATION}
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,40 +83,13 @@ _DELETE_CARTS: Final = (
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
-Row = tuple[int, float, "bytes | str"]  # (seq or rowid, written, body)
 
-_view_fields = operator.attrgetter(*(a.name for a in attrs.fields(ProductView)))
-_cart_fields = operator.attrgetter(*(a.name for a in attrs.fields(Cart)))
+class Row(NamedTuple):
+    """A row as recovery reads it."""
 
-
-def _nested(value: object) -> tuple[object, object]:
-    if type(value) is Utm:
-        return value.key, value.value
-    if type(value) is CartItem:
-        return value.sku, value.quantity
-    raise TypeError(f"cannot journal a {type(value).__name__}")
-
-
-def encode_views(views: list[ProductView]) -> bytes:
-    """A JSON array with one field array per view."""
-    return orjson.dumps(list(map(_view_fields, views)), default=_nested)
-
-
-def encode_cart(cart: Cart) -> bytes:
-    return orjson.dumps(_cart_fields(cart), default=_nested)
-
-
-def decode_view(body: bytes | str) -> ProductView:
-    """A validated view from its body (``ValueError`` or ``TypeError`` if it is not one)."""
-    fields: list[Any] = orjson.loads(body)
-    fields[-1] = [Utm(key, value) for key, value in fields[-1]]
-    return ProductView(*fields)
-
-
-def decode_cart(body: bytes | str) -> Cart:
-    fields: list[Any] = orjson.loads(body)
-    fields[2] = [CartItem(sku, quantity) for sku, quantity in fields[2]]
-    return Cart(*fields)
+    rowid: int  # a view's seq, a cart's rowid
+    written: float
+    body: bytes | str
 
 
 class ForeignFile(Exception):
@@ -266,6 +238,7 @@ class JournalFile:
         if stored is None or stored[0] != owner:
             raise ForeignFile("it was written for another Voyado tenant or API key")
         if version < FORMAT:
+            add_v1_functions(db)
             with _transaction(db):
                 for step in range(version, FORMAT):
                     for statement in MIGRATIONS[step].split(";"):
@@ -312,17 +285,17 @@ class JournalFile:
 
     def read_views(self, after: int, limit: int) -> list[Row]:
         """Up to *limit* views with ``seq > after``, in order."""
-        return self.db.execute(
+        return list(starmap(Row, self.db.execute(
             "SELECT seq, written, body FROM views WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
-        ).fetchall()
+        )))
 
     def read_carts(self, after: int, limit: int) -> list[Row]:
         """Up to *limit* carts with ``rowid > after`` (row ids stay put on update)."""
-        return self.db.execute(
+        return list(starmap(Row, self.db.execute(
             "SELECT rowid, written, body FROM carts WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (after, limit),
-        ).fetchall()
+        )))
 
     def is_empty(self) -> bool:
         row = self.db.execute(

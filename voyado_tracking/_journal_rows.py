@@ -1,24 +1,94 @@
-"""The journal writer's bookkeeping of rows: which row holds which view, and one step's work.
+"""The journal writer's bookkeeping and what the loop and the writer thread say to each other.
 
-Only the writer thread changes these (the loop reads ``Rows.seqs`` at close and ``Mark``
-flags). A view's row is its number among the views the writer took; the map is keyed by
-``id(view)``, which stays valid while the map holds it (see ``_journal_writer``). Everything
-here is bulk work in C-level calls where it can be: the writer shares the GIL with the loop.
+The loop talks to the writer through one deque (see ``_journal_writer``). On it: the events
+to write (a ``ProductView`` or ``Cart`` itself), :class:`Mark` objects for ``sync()``, and
+the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :class:`Want`),
+which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
+events read from a :class:`Source`.
+
+Only the writer thread changes ``Rows`` and ``Step`` (the loop reads ``Rows.seqs`` at close
+and ``Mark`` flags). A view's row is its number among the views the writer took; the map is
+keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal_writer``).
+Everything here is bulk work in C-level calls where it can be: the writer shares the GIL with
+the loop. No module of the journal imports one that imports it back: this one needs only the
+files (``_journal_db``) and the models.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
+from ._journal_db import JournalFile
 from ._models import ProductView
 from ._wire import Event
 
-if TYPE_CHECKING:
-    from ._journal_writer import Source
+__all__ = ["Delete", "Forget", "Loaded", "Mark", "Recovered", "Rows", "Source", "Step", "Want"]
 
-__all__ = ["Mark", "Rows", "Step"]
+
+# -- what the loop asks of the writer ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
+
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """*events* stay in the journal at close: drop their entries, keep their rows."""
+
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """Recovered views left the buffer: delete these rows of the files they came from."""
+
+    by_source: dict[Source, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """The loop has room for *count* more recovered events."""
+
+    count: int
+
+
+# -- what the writer hands back ---------------------------------------------------------------
+
+
+class Source:
+    """A journal file adopted from a process that is gone, being recovered."""
+
+    __slots__ = ("cart_after", "carts_done", "file", "open", "view_after")
+
+    def __init__(self, file: JournalFile) -> None:
+        self.file = file
+        self.cart_after = 0
+        self.view_after = 0
+        self.carts_done = False
+        self.open = True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.carts_done and self.view_after < 0
+
+
+class Loaded(NamedTuple):
+    """A recovered event, as recovery hands it to the loop."""
+
+    event: Event
+    source: Source  # the file it came from
+    row: int  # its row there (a view's seq, a cart's rowid)
+    written: float  # wall clock when it was journaled (Unix seconds)
+
+
+# -- the writer's own bookkeeping -------------------------------------------------------------
 
 
 class Rows:

@@ -2,16 +2,16 @@
 
 The event loop talks to it through one ``deque`` (appends are atomic, so ``enqueue`` never
 takes a lock and does nothing else for the journal): events to write (a ``ProductView`` or
-``Cart`` itself), deletions (``("delete", events)`` for events that left the buffer,
-``("recovered", {source: seqs})``), ``("forget", events)`` for events whose rows stay at close,
-:class:`Mark` objects for ``sync()``, and requests for recovered events (``("want", count)``).
-The thread drains it at most ``commit_interval`` apart, in one transaction per file, and
-answers on the loop with ``call_soon_threadsafe``.
+``Cart`` itself), :class:`Mark` objects for ``sync()``, and the ops of ``_journal_rows``:
+deletions (:class:`Delete` for events that left the buffer, :class:`Recovered` for recovered
+views that did), :class:`Forget` for events whose rows stay at close, and :class:`Want` for
+recovered events. The thread drains it at most ``commit_interval`` apart, in one transaction
+per file, and answers on the loop with ``call_soon_threadsafe``.
 
 The thread owns the view-to-row map: it numbers the views in the order it takes them and
 records ``id(view) -> row``. An id stays valid as long as the map holds it: the view is held
-by the buffer until it is resolved, and the ``"delete"`` or ``"forget"`` op that ends its
-entry carries the view itself. Its work holds the GIL the event loop needs, so it is done in
+by the buffer until it is resolved, and the :class:`Delete` or :class:`Forget` op that ends
+its entry carries the view itself. Its work holds the GIL the event loop needs, so it is done in
 bulk: the queue is drained with one call, a step's views are numbered with one dict update,
 encoded with one ``orjson.dumps`` and inserted with one statement, and a batch's deletions
 are one op and one statement (SQLite runs without the GIL). Carts are keyed by
@@ -33,46 +33,23 @@ from itertools import groupby, repeat, starmap
 from pathlib import Path
 from typing import Any
 
+from ._journal_body import decode_cart, decode_view, encode_cart, encode_views
 from ._journal_db import (
     CorruptFile,
     ForeignFile,
     JournalFile,
     Row,
-    decode_cart,
-    decode_view,
-    encode_cart,
-    encode_views,
     instant_of,
     journal_files,
     private_directory,
 )
-from ._journal_rows import Mark, Rows, Step
+from ._journal_rows import Delete, Forget, Loaded, Mark, Recovered, Rows, Source, Step, Want
 from ._models import Cart, ProductView
 from ._wire import Event
 
-__all__ = ["Loaded", "Source", "Writer"]
+__all__ = ["Writer", "post_to"]
 
 log = logging.getLogger("voyado_tracking")
-
-# (event, its file, its row number for a view) — what recovery hands to the loop.
-Loaded = tuple[Event, "Source", int, float]
-
-
-class Source:
-    """A journal file adopted from a process that is gone, being recovered."""
-
-    __slots__ = ("cart_after", "carts_done", "file", "open", "view_after")
-
-    def __init__(self, file: JournalFile) -> None:
-        self.file = file
-        self.cart_after = 0
-        self.view_after = 0
-        self.carts_done = False
-        self.open = True
-
-    @property
-    def exhausted(self) -> bool:
-        return self.carts_done and self.view_after < 0
 
 
 class Writer:
@@ -243,27 +220,32 @@ class Writer:
         if not self._end_posted:
             self._recover()
 
-    def _take_op(self, op: tuple[Any, ...], step: Step) -> None:
-        what = op[0]
-        if what == "delete":  # events that left the buffer
-            events: list[Event] = op[1]
-            rows = self.rows.forget(events)
-            found = len(rows)
-            if rows and max(rows) >= step.first:  # not written yet: then never written
-                step.skipped.extend(r for r in rows if r >= step.first)
-                rows = [r for r in rows if r < step.first]
-            step.own_deletes.extend(rows)
-            if found < len(events):  # carts, or views not journaled
-                pairs = [(e.cart_reference, instant_of(e)) for e in events if type(e) is Cart]
-                if pairs:
-                    step.carts.append(("delete", pairs))
-        elif what == "forget":  # their rows stay for the next start
-            self.rows.forget(op[1])
-        elif what == "recovered":
-            for source, seqs in op[1].items():
-                step.by_source.setdefault(source, []).extend(seqs)
-        else:  # ("want", n)
-            self._wanted += op[1]
+    def _take_op(self, op: Delete | Forget | Recovered | Want, step: Step) -> None:
+        match op:
+            case Delete(events):
+                self._delete(events, step)
+            case Forget(events):  # their rows stay for the next start
+                self.rows.forget(events)
+            case Recovered(by_source):
+                for source, seqs in by_source.items():
+                    step.by_source.setdefault(source, []).extend(seqs)
+            case Want(count):
+                self._wanted += count
+            case _:  # a bug on the loop's side: say so rather than guess
+                raise TypeError(f"the journal's writer got an unknown op {op!r}")
+
+    def _delete(self, events: list[Event], step: Step) -> None:
+        """*events* left the buffer: their rows go (a view not written yet is never written)."""
+        rows = self.rows.forget(events)
+        found = len(rows)
+        if rows and max(rows) >= step.first:
+            step.skipped.extend(r for r in rows if r >= step.first)
+            rows = [r for r in rows if r < step.first]
+        step.own_deletes.extend(rows)
+        if found < len(events):  # carts, or views not journaled
+            pairs = [(e.cart_reference, instant_of(e)) for e in events if type(e) is Cart]
+            if pairs:
+                step.carts.append(("delete", pairs))
 
     def _write_own(self, step: Step) -> None:
         own = self._own
@@ -367,10 +349,10 @@ class Writer:
             if len(rows) < limit:
                 source.carts_done = True
             if rows:
-                source.cart_after = rows[-1][0]
+                source.cart_after = rows[-1].rowid
             return self._decode(source, decode_cart, rows)
         rows = file.read_views(source.view_after, limit)
-        source.view_after = rows[-1][0] if len(rows) == limit else -1
+        source.view_after = rows[-1].rowid if len(rows) == limit else -1
         return self._decode(source, decode_view, rows)
 
     def _decode(
@@ -378,15 +360,15 @@ class Writer:
     ) -> list[Loaded]:
         loaded: list[Loaded] = []
         bad: list[int] = []
-        for seq, written, body in rows:
+        for row in rows:
             try:
-                event = decode(body)
+                event = decode(row.body)
             except (ValueError, TypeError, IndexError) as error:  # InvalidEventError too
                 log.error("journal file %s: an unreadable row was removed (%s)",
                           source.file.path.name, error)
-                bad.append(seq)
+                bad.append(row.rowid)
                 continue
-            loaded.append((event, source, seq, written))
+            loaded.append(Loaded(event, source, row.rowid, row.written))
         if bad:
             self.errors += len(bad)
             source.file.begin()
