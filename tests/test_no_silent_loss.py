@@ -181,17 +181,6 @@ async def test_put_timeout_says_how_full_the_buffer_is(
     await buffer.aclose()
 
 
-def test_a_base_url_with_a_path_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="without a path") as info:
-        vt.TrackingClient("https://tenant.voyado.com/api/v2", "secret-key")
-    assert "secret-key" not in str(info.value)
-
-
-def test_a_base_url_with_a_trailing_slash_is_accepted() -> None:
-    client = vt.TrackingClient("https://tenant.voyado.com/", "k")
-    assert client.base_url == "https://tenant.voyado.com"
-
-
 async def test_api_errors_name_the_full_url_but_never_the_key(fake: FakeVoyado) -> None:
     fake.script(404)
     async with vt.TrackingClient(fake.url, fake.api_key,
