@@ -17,12 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _redisserver import RedisServer
-
 import voyado_tracking as vt
 from voyado_tracking.testing import FakeVoyado
+from voyado_tracking.testing._redis import RedisServer
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 BUDGET = 40.0

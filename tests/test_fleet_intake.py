@@ -12,7 +12,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
-from _redisserver import free_port
+from conftest import free_port
 
 import voyado_tracking as vt
 from voyado_tracking.redis._ledger import Ledger

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from _fleetproc import expected, worker_events
-from _redisserver import RedisServer
 from conftest import eventually
 
 import voyado_tracking as vt
 from voyado_tracking.testing import Chaos, FakeVoyado
+from voyado_tracking.testing._redis import RedisServer
 
 pytestmark = pytest.mark.fleet
 
