@@ -29,10 +29,11 @@ def view(item: str, **fields: Any) -> vt.ProductView:
     return vt.ProductView(item, CONTACT, **fields)
 
 
-def cart(ref: str, second: int = 0, *skus: str) -> vt.Cart:
-    """A cart update at second *second* of a fixed minute, one of each SKU."""
-    return vt.Cart(ref, CONTACT, [vt.CartItem(s, 1) for s in skus],
-                   time=f"2024-05-01T10:00:{second:02d}Z")
+def cart(ref: str, second: int = 0, *skus: str, minute: int = 0, **fields: Any) -> vt.Cart:
+    """A cart update at *minute*:*second* past a fixed hour (unless *fields* give a ``time``),
+    one of each SKU."""
+    fields.setdefault("time", f"2024-05-01T10:{minute:02d}:{second:02d}Z")
+    return vt.Cart(ref, CONTACT, [vt.CartItem(s, 1) for s in skus], **fields)
 
 
 FAST_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cart, view
+from conftest import cart, fast_settings, view
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import line_to_event
@@ -23,14 +24,12 @@ from voyado_tracking.testing import FakeVoyado
 _COUNT = re.compile(r"(\d+) (?:more )?event\(s\)")
 
 
-def settings(**overrides: Any) -> vt.FlushSettings:
-    values: dict[str, Any] = {
-        "flush_interval": 3600,
-        "retry": vt.RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02),
-        "shutdown_timeout": 2.0,
-    }
-    values.update(overrides)
-    return vt.FlushSettings(**values)
+# The suite's fast settings, but no flush before close and two attempts per batch.
+settings = functools.partial(
+    fast_settings, flush_interval=3600,
+    retry=vt.RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.02),
+    shutdown_timeout=2.0,
+)
 
 
 def logged_count(caplog: pytest.LogCaptureFixture, what: str) -> int:
