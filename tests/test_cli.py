@@ -220,6 +220,23 @@ async def test_plain_progress_shows_100_percent_only_on_its_final_line(
     assert [line for line in lines if "100%" in line] == lines[-1:]
 
 
+# -- the environment -----------------------------------------------------------------------
+
+
+def test_the_voyado_environment_is_read_stripped_and_unset_is_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from voyado_tracking.cli._common import voyado_environment
+
+    monkeypatch.setenv("VOYADO_BASE_URL", " https://tenant.voyado.com ")
+    monkeypatch.setenv("VOYADO_API_KEY", "key\n")
+    monkeypatch.delenv("VOYADO_USER_AGENT", raising=False)
+    assert voyado_environment() == ("https://tenant.voyado.com", "key", None)
+    monkeypatch.setenv("VOYADO_USER_AGENT", "Shop/1.0")
+    monkeypatch.delenv("VOYADO_API_KEY")
+    assert voyado_environment() == ("https://tenant.voyado.com", "", "Shop/1.0")
+
+
 # -- send ----------------------------------------------------------------------------------
 
 

@@ -74,6 +74,15 @@ def test_import_never_needs_redis_and_fleet_names_say_which_extra() -> None:
     assert "voyado-tracking[redis]" in out
 
 
+def test_the_fleet_test_helpers_import_without_redis() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import voyado_tracking.testing, voyado_tracking.testing._fleet\n"
+        "import voyado_tracking.testing._redis\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_buffer_and_outbox_are_event_sinks(fake: FakeVoyado) -> None:
     client = vt.TrackingClient(fake.url, fake.api_key)
     assert isinstance(vt.TrackingBuffer(client), vt.EventSink)
