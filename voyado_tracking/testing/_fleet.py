@@ -82,9 +82,10 @@ class FleetWorkers:
     async def start(self) -> None:
         """Start every worker and wait until each has its events; RuntimeError if one does
         not get there (its error is on stderr)."""
-        for plan in self._plans:
-            proc = await _spawn(plan.config(), plan.events)
-            self._procs.append(proc)
+        # All started before any is fed: each reads its events only once its imports are done.
+        self._procs = [await _spawn() for _ in self._plans]
+        await asyncio.gather(*(_feed(proc, plan.config(), plan.events)
+                               for proc, plan in zip(self._procs, self._plans, strict=True)))
         for proc in self._procs:
             assert proc.stdout is not None
             if await proc.stdout.readline() != b"ready\n":
@@ -129,19 +130,27 @@ async def start_forwarder_process(
     config = {"role": "forwarder", "redis": redis, "base_url": base_url, "api_key": api_key,
               "rate": rate, "claim_idle": claim_idle, "max_batch_size": max_batch_size,
               "flush_interval": flush_interval}
-    return await _spawn(config, ())
+    proc = await _spawn()
+    await _feed(proc, config, ())
+    return proc
 
 
-async def _spawn(config: dict[str, Any], events: Sequence[Event]) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn() -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-m", __name__,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
+
+
+async def _feed(
+    proc: asyncio.subprocess.Process, config: dict[str, Any], events: Sequence[Event]
+) -> None:
+    """Write a process's settings and events to its stdin."""
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(config).encode() + b"\n")
     proc.stdin.writelines(event_to_line(event) for event in events)
-    await proc.stdin.drain()
-    return proc
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # it died: start() says
+        await proc.stdin.drain()
 
 
 # -- in the processes ------------------------------------------------------------------------
