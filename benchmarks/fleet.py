@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _redisserver import RedisServer
-
 import voyado_tracking as vt
 from voyado_tracking.testing import FakeVoyado
+from voyado_tracking.testing._fleet import FleetWorkers, WorkerPlan
+from voyado_tracking.testing._redis import RedisServer
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 BUDGET = 40.0
@@ -128,15 +125,10 @@ async def live(redis_url: str, fake: FakeVoyado, mode: str, seconds: float) -> t
     stop = asyncio.Event()
     running = (asyncio.ensure_future(forwarders(redis_url, fake, drain=False, stop=stop))
                if mode == "fleet" else None)
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "worker", mode, fake.url, fake.api_key, redis_url,
-            str(rate), str(seconds), str(w))
-        for w, rate in enumerate(RATES)
-    ]
-    began = time.monotonic()
-    for proc in procs:
-        await proc.wait()
+    plans = [worker_plan(mode, fake, redis_url, rate, seconds, w) for w, rate in enumerate(RATES)]
+    async with FleetWorkers(plans) as workers:
+        began = time.monotonic()
+        await workers.play()
     stop.set()
     if running is not None:
         await running
@@ -144,19 +136,16 @@ async def live(redis_url: str, fake: FakeVoyado, mode: str, seconds: float) -> t
     return len(fake.requests) / took, fake.max_requests_in_any_window()
 
 
-async def worker(mode: str, url: str, key: str, redis_url: str, rate: float, seconds: float,
-                 tag: str) -> None:
-    sink: vt.EventSink
-    client = vt.TrackingClient(url, key)  # per-process buffers: 40 requests/s each
+def worker_plan(mode: str, fake: FakeVoyado, redis_url: str, rate: float, seconds: float,
+                worker: int) -> WorkerPlan:
+    """One worker's views at *rate* for *seconds*: into a RedisOutbox (fleet mode) or into a
+    buffer of its own with the default client (per-process buffers: 40 requests/s each)."""
+    count = int(rate * seconds)
+    events, due = views(count, f"w{worker}-"), [i / rate for i in range(count)]
     if mode == "fleet":
-        sink = vt.RedisOutbox(redis_url)
-    else:
-        sink = vt.TrackingBuffer(client, vt.FlushSettings(flush_interval=1.0))
-    async with sink:
-        for event in views(int(rate * seconds), f"w{tag}-"):
-            sink.enqueue(event)
-            await asyncio.sleep(1 / rate)
-    await client.aclose()
+        return WorkerPlan(events=events, due=due, redis=redis_url)
+    return WorkerPlan(events=events, due=due, base_url=fake.url, api_key=fake.api_key,
+                      flush_interval=1.0)
 
 
 async def main(quick: bool) -> None:
@@ -194,10 +183,6 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["worker"]:
-        mode, url, key, redis_url, rate, seconds, tag = sys.argv[2:]
-        asyncio.run(worker(mode, url, key, redis_url, float(rate), float(seconds), tag))
-    else:
-        parser = argparse.ArgumentParser(description=__doc__)
-        parser.add_argument("--quick", action="store_true")
-        asyncio.run(main(parser.parse_args().quick))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    asyncio.run(main(parser.parse_args().quick))

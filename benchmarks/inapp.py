@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from run import EN_DASH, fmt
+from _common import EN_DASH, fmt, percentile
 from sink import serve_until_stdin_closes
 
 HERE = Path(__file__).resolve().parent
@@ -363,11 +363,6 @@ async def measure_mix(apps: list[App], mix: float, rounds: int, size: int,
             print(f"[inapp] warning: {app.name}: schedstat total {sched_total[app.name] / 1e9:.2f}"
                   f" s but utime+stime {by_stat / 1e9:.2f} s", file=sys.stderr)
     return results
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def summarise(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:

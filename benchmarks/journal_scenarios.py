@@ -20,7 +20,16 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from scenarios import API_KEY, PRODUCT_VIEWS, build_view, delivered, raw_view, rss_bytes
+from _common import (
+    API_KEY,
+    PRODUCT_VIEWS,
+    build_view,
+    delivered,
+    raw_view,
+    rss_bytes,
+    voyado_caller,
+    voyado_throughput,
+)
 
 Trial = Callable[[str, int], dict[str, Any]]
 PREP_CHUNK = 10_000
@@ -103,21 +112,18 @@ async def _recovery_off(sink: str, n: int) -> dict[str, Any]:
             "seconds": elapsed}
 
 
-def trials(
-    caller: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
-    throughput: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
-) -> dict[tuple[str, str], Trial]:
-    def with_journal(run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
-                     **kwargs: Any) -> Trial:
-        def trial(sink: str, n: int) -> dict[str, Any]:
-            with tempfile.TemporaryDirectory() as directory:
-                return asyncio.run(run(sink, n, journal=_journal(directory), **kwargs))
+def _with_journal(run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
+                  **kwargs: Any) -> Trial:
+    def trial(sink: str, n: int) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as directory:
+            return asyncio.run(run(sink, n, journal=_journal(directory), **kwargs))
 
-        return trial
+    return trial
 
-    return {
-        ("journal", "enqueue-on"): with_journal(caller, prebuilt=True),
-        ("journal", "throughput-on"): with_journal(throughput, prebuilt=False),
-        ("journal", "recovery"): lambda sink, n: asyncio.run(_recovery(sink, n)),
-        ("journal", "recovery-off"): lambda sink, n: asyncio.run(_recovery_off(sink, n)),
-    }
+
+TRIALS: dict[tuple[str, str], Trial] = {
+    ("journal", "enqueue-on"): _with_journal(voyado_caller, prebuilt=True),
+    ("journal", "throughput-on"): _with_journal(voyado_throughput, prebuilt=False),
+    ("journal", "recovery"): lambda sink, n: asyncio.run(_recovery(sink, n)),
+    ("journal", "recovery-off"): lambda sink, n: asyncio.run(_recovery_off(sink, n)),
+}

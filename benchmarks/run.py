@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _common import EN_DASH, fmt
 
-EN_DASH = "\u2013"
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios.py"
 SINK = HERE / "sink.py"
@@ -113,16 +113,6 @@ class Results:
             return [float(x) for x in numbers]
         errors = [r["error"] for r in runs if "error" in r]
         return errors[0] if errors else "not run"
-
-
-def fmt(value: float) -> str:
-    if value >= 10_000:
-        return f"{value / 1000:,.0f}k"
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
 
 
 def cell(samples: list[float] | str) -> str:

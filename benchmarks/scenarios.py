@@ -18,36 +18,28 @@ import os
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-
-API_KEY = "bench-api-key"
-PRODUCT_VIEWS = "/api/v2/tracking/productviews"
-PRODUCT_VIEW = "/api/v2/tracking/productview"
-CHUNK = 500  # events between two yields to the event loop in async producers
-
+from _common import (
+    API_KEY,
+    CHUNK,
+    PRODUCT_VIEW,
+    PRODUCT_VIEWS,
+    build_view,
+    delivered,
+    percentile,
+    raw_view,
+    raw_views,
+    rss_bytes,
+    sink_get,
+    voyado_caller,
+    voyado_throughput,
+)
+from journal_scenarios import TRIALS as JOURNAL_TRIALS
 
 # -- inputs --------------------------------------------------------------------------------
-
-
-def raw_view(i: int) -> tuple[str, str, str, str, str, str]:
-    """The fields of the i-th product view: item_id, contact_id, category, session, url, lang."""
-    sku = f"SKU-{i % 5000:05d}"
-    return (
-        sku,
-        f"{i:08x}-0000-4000-8000-{i % 1000:012x}",
-        "shoes > sneakers",
-        f"session-{i // 10:08d}",
-        f"https://shop.example.com/p/{sku}",
-        "sv-SE",
-    )
-
-
-def raw_views(n: int) -> list[tuple[str, str, str, str, str, str]]:
-    return [raw_view(i) for i in range(n)]
 
 
 def properties(raw: tuple[str, str, str, str, str, str]) -> dict[str, str]:
@@ -56,37 +48,7 @@ def properties(raw: tuple[str, str, str, str, str, str]) -> dict[str, str]:
             "language": language}
 
 
-def build_view(raw: tuple[str, str, str, str, str, str]) -> Any:
-    import voyado_tracking as vt
-
-    sku, contact, category, session, url, language = raw
-    return vt.ProductView(sku, contact, category=category, session_id=session, url=url,
-                          language=language)
-
-
-# -- sink helpers --------------------------------------------------------------------------
-
-
-def sink_get(sink: str, what: str) -> Any:
-    with urllib.request.urlopen(f"{sink}/_{what}", timeout=10) as response:
-        return orjson.loads(response.read())
-
-
-def delivered(sink: str, path: str) -> int:
-    return int(sink_get(sink, "stats")["events"].get(path, 0))
-
-
-def requests_to(sink: str, path: str) -> int:
-    return int(sink_get(sink, "stats")["requests"].get(path, 0))
-
-
-def rss_bytes() -> int:
-    try:
-        import psutil
-    except ImportError:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return int(psutil.Process().memory_info().rss)
+# -- the libraries compared with --------------------------------------------------------------
 
 
 class Unavailable(Exception):
@@ -137,45 +99,12 @@ def now_iso() -> str:
 # -- caller cost: µs per call on the caller's side ------------------------------------------
 
 
-async def _voyado_caller(
-    sink: str, n: int, prebuilt: bool, **journal: Any
-) -> dict[str, Any]:
-    import voyado_tracking as vt
-
-    raws = raw_views(n)
-    events = [build_view(r) for r in raws] if prebuilt else None
-    settings = vt.FlushSettings(max_pending=n + CHUNK, flush_interval=60.0)
-    async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
-        buffer = vt.TrackingBuffer(client, settings, **journal)
-        enqueue = buffer.enqueue
-        spent = 0.0
-        perf = time.perf_counter
-        for start in range(0, n, CHUNK):
-            if events is not None:
-                batch = events[start : start + CHUNK]
-                t0 = perf()
-                for event in batch:
-                    enqueue(event)
-                spent += perf() - t0
-            else:
-                batch_raws = raws[start : start + CHUNK]
-                t0 = perf()
-                for sku, contact, category, session, url, language in batch_raws:
-                    enqueue(vt.ProductView(sku, contact, category=category, session_id=session,
-                                           url=url, language=language))
-                spent += perf() - t0
-            await asyncio.sleep(0)  # the flusher runs between chunks, as between requests
-        await buffer.aclose(timeout=60)
-        assert buffer.stats.dropped == 0, buffer.stats
-    return {"us_per_call": spent / n * 1e6}
-
-
 def caller_voyado_enqueue(sink: str, n: int) -> dict[str, Any]:
-    return asyncio.run(_voyado_caller(sink, n, prebuilt=True))
+    return asyncio.run(voyado_caller(sink, n, prebuilt=True))
 
 
 def caller_voyado_build_enqueue(sink: str, n: int) -> dict[str, Any]:
-    return asyncio.run(_voyado_caller(sink, n, prebuilt=False))
+    return asyncio.run(voyado_caller(sink, n, prebuilt=False))
 
 
 def _threaded_caller(call: Callable[[tuple[str, ...]], object], n: int) -> float:
@@ -210,43 +139,12 @@ def caller_posthog(sink: str, n: int) -> dict[str, Any]:
 # -- end to end: delivered events/s --------------------------------------------------------
 
 
-async def _voyado_throughput(
-    sink: str, n: int, prebuilt: bool, **journal: Any
-) -> dict[str, Any]:
-    import voyado_tracking as vt
-
-    raws = raw_views(n)
-    events = [build_view(r) for r in raws] if prebuilt else None
-    settings = vt.FlushSettings(max_pending=n + CHUNK)
-    async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
-        buffer = vt.TrackingBuffer(client, settings, **journal)
-        enqueue = buffer.enqueue
-        ProductView = vt.ProductView
-        t0 = time.perf_counter()
-        for start in range(0, n, CHUNK):
-            if events is not None:
-                for event in events[start : start + CHUNK]:
-                    enqueue(event)
-            else:
-                for sku, contact, category, session, url, language in raws[start : start + CHUNK]:
-                    enqueue(ProductView(sku, contact, category=category, session_id=session,
-                                        url=url, language=language))
-            await asyncio.sleep(0)
-        await buffer.flush()
-        elapsed = time.perf_counter() - t0
-        stats = buffer.stats
-        await buffer.aclose()
-    got = delivered(sink, PRODUCT_VIEWS)
-    return {"events_per_s": got / elapsed, "delivered": got, "seconds": elapsed,
-            "requests": stats.requests, "dropped": stats.dropped}
-
-
 def throughput_voyado(sink: str, n: int) -> dict[str, Any]:
-    return asyncio.run(_voyado_throughput(sink, n, prebuilt=False))
+    return asyncio.run(voyado_throughput(sink, n, prebuilt=False))
 
 
 def throughput_voyado_prebuilt(sink: str, n: int) -> dict[str, Any]:
-    return asyncio.run(_voyado_throughput(sink, n, prebuilt=True))
+    return asyncio.run(voyado_throughput(sink, n, prebuilt=True))
 
 
 def throughput_segment(sink: str, n: int) -> dict[str, Any]:
@@ -511,8 +409,8 @@ async def _loop_lag(sink: str, n: int) -> dict[str, Any]:
     # A flush shorter than one tick (tiny N): its whole duration bounds any stall.
     ms = sorted(x * 1e3 for x in lateness) or [elapsed * 1e3]
     return {
-        "p50_ms": ms[len(ms) // 2],
-        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        "p50_ms": percentile(ms, 0.5),
+        "p99_ms": percentile(ms, 0.99),
         "max_ms": ms[-1],
         "idle_max_ms": idle[-1] * 1e3,
         "ticks": ticks,
@@ -578,14 +476,8 @@ TRIALS: dict[tuple[str, str], Callable[[str, int], dict[str, Any]]] = {
     ("latency", "sdk"): latency_sdk,
     ("looplag", "voyado"): looplag_voyado,
     ("collapse", "voyado"): collapse_voyado,
+    **JOURNAL_TRIALS,
 }
-
-
-def _journal_trials() -> None:
-    # The journal's trials live in their own module (they need the two helpers above).
-    import journal_scenarios
-
-    TRIALS.update(journal_scenarios.trials(_voyado_caller, _voyado_throughput))
 
 
 def main() -> None:
@@ -595,8 +487,6 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--sink", required=True, help="the sink's base URL")
     args = parser.parse_args()
-    if args.scenario == "journal":
-        _journal_trials()
     trial = TRIALS[(args.scenario, args.lib)]
     sink_get(args.sink, "reset")
     try:

@@ -14,13 +14,13 @@ from pathlib import Path
 import attrs
 import orjson
 import pytest
+from conftest import CONTACT, cart
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import event_to_line, line_to_event
 from voyado_tracking._wire import Event
 from voyado_tracking.testing import Chaos, FakeVoyado
 
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 SECRET = "sk-live-very-secret-key-0123456789"
 
 
@@ -66,13 +66,6 @@ def view(item_id: str) -> vt.ProductView:
     return vt.ProductView(
         item_id, CONTACT, time="2026-11-27T10:00:00+01:00", category="shoes",
         session_id="s-1", new_session=True, utm=[vt.Utm("utm_source", "newsletter")],
-    )
-
-
-def cart(reference: str, *skus: str, minute: int = 0) -> vt.Cart:
-    return vt.Cart(
-        reference, CONTACT, items=[vt.CartItem(s, 1) for s in skus],
-        time=f"2026-11-27T10:{minute:02d}:00+01:00", language="sv-SE",
     )
 
 
@@ -227,13 +220,30 @@ async def test_plain_progress_shows_100_percent_only_on_its_final_line(
     assert [line for line in lines if "100%" in line] == lines[-1:]
 
 
+# -- the environment -----------------------------------------------------------------------
+
+
+def test_the_voyado_environment_is_read_stripped_and_unset_is_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from voyado_tracking.cli._common import voyado_environment
+
+    monkeypatch.setenv("VOYADO_BASE_URL", " https://tenant.voyado.com ")
+    monkeypatch.setenv("VOYADO_API_KEY", "key\n")
+    monkeypatch.delenv("VOYADO_USER_AGENT", raising=False)
+    assert voyado_environment() == ("https://tenant.voyado.com", "key", None)
+    monkeypatch.setenv("VOYADO_USER_AGENT", "Shop/1.0")
+    monkeypatch.delenv("VOYADO_API_KEY")
+    assert voyado_environment() == ("https://tenant.voyado.com", "", "Shop/1.0")
+
+
 # -- send ----------------------------------------------------------------------------------
 
 
 async def test_send_delivers_good_lines_and_reports_bad_ones_by_line_number(
     fake: FakeVoyado, tmp_path: Path
 ) -> None:
-    good: list[Event] = [view("SKU-1"), cart("c-1", "A", "B"), view("SKU-2")]
+    good: list[Event] = [view("SKU-1"), cart("c-1", 0, "A", "B", language="sv-SE"), view("SKU-2")]
     lines = [
         event_to_line(good[0]),                                             # 1
         b'{"type": "product_view", "event": {"itemId": "X"\n',              # 2 broken JSON
@@ -262,7 +272,7 @@ async def test_send_delivers_good_lines_and_reports_bad_ones_by_line_number(
 
 
 async def test_send_of_an_all_good_file_exits_0(fake: FakeVoyado, tmp_path: Path) -> None:
-    events = [view(f"SKU-{n}") for n in range(50)] + [cart(f"c-{n}", "A") for n in range(20)]
+    events = [view(f"SKU-{n}") for n in range(50)] + [cart(f"c-{n}", 0, "A") for n in range(20)]
     path = write_events(tmp_path / "events.jsonl", events)
 
     result = await run_cli("send", str(path), "--batch-size", "7", env=connection(fake))
@@ -276,8 +286,8 @@ async def test_send_of_an_all_good_file_exits_0(fake: FakeVoyado, tmp_path: Path
 async def test_send_collapses_updates_of_one_cart_to_the_latest(
     fake: FakeVoyado, tmp_path: Path
 ) -> None:
-    latest = cart("c-1", "A", "B", minute=30)
-    path = write_events(tmp_path / "e.jsonl", [cart("c-1", "A", minute=10), latest,
+    latest = cart("c-1", 0, "A", "B", minute=30)
+    path = write_events(tmp_path / "e.jsonl", [cart("c-1", 0, "A", minute=10), latest,
                                                cart("c-1", minute=20)])
     result = await run_cli("send", str(path), env=connection(fake))
     assert result.returncode == 0
@@ -336,7 +346,7 @@ async def test_a_file_of_random_bytes_is_reported_line_by_line_and_the_rest_is_s
 async def test_dry_run_sends_nothing_and_exits_0_for_a_valid_file(
     fake: FakeVoyado, tmp_path: Path
 ) -> None:
-    path = write_events(tmp_path / "e.jsonl", [view("SKU-1"), cart("c-1", "A")])
+    path = write_events(tmp_path / "e.jsonl", [view("SKU-1"), cart("c-1", 0, "A")])
     result = await run_cli("send", "--dry-run", str(path), env=connection(fake))
     assert result.returncode == 0, result.stderr
     assert fake.requests == []
@@ -403,7 +413,7 @@ async def test_an_http_url_to_a_remote_host_is_a_usage_error(tmp_path: Path) -> 
 
 
 async def test_undelivered_events_are_written_to_the_spool_and_exit_1(tmp_path: Path) -> None:
-    events: list[Event] = [view("SKU-1"), cart("c-1", "A"), view("SKU-2")]
+    events: list[Event] = [view("SKU-1"), cart("c-1", 0, "A", language="sv-SE"), view("SKU-2")]
     path = write_events(tmp_path / "e.jsonl", events)
     spool = tmp_path / "spool.jsonl"
     result = await run_cli(
@@ -421,7 +431,7 @@ async def test_a_spool_written_while_the_server_was_down_is_delivered_by_send(
 ) -> None:
     spool = tmp_path / "spool.jsonl"
     views = [view(f"SKU-{n}") for n in range(30)]
-    carts = [cart(f"c-{n}", "A", minute=n) for n in range(10)] + [cart("c-0", minute=59)]
+    carts = [cart(f"c-{n}", 0, "A", minute=n) for n in range(10)] + [cart("c-0", minute=59)]
     settings = vt.FlushSettings(flush_interval=0.01, retry=vt.RetryPolicy(
         max_attempts=None, initial_backoff=0.01, max_backoff=0.02, max_elapsed=30.0))
     async with vt.TrackingClient(f"http://127.0.0.1:{closed_port()}", "k",
@@ -513,7 +523,7 @@ async def test_fake_server_dump_writes_what_it_received_on_sigterm(tmp_path: Pat
         async with vt.TrackingClient(settings["VOYADO_BASE_URL"],
                                      settings["VOYADO_API_KEY"]) as client:
             await client.register_product_view(view("SKU-1"))
-            await client.register_carts([cart("c-1", "SKU-1", minute=5), cart("c-1", minute=1)])
+            await client.register_carts([cart("c-1", 0, "SKU-1", minute=5), cart("c-1", minute=1)])
         assert not dump.exists()  # written on exit, not before
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.communicate(), 20)
@@ -561,7 +571,7 @@ async def leave_journal(fake: FakeVoyado, directory: Path, events: Sequence[Even
 async def test_send_journal_delivers_what_a_journal_directory_holds(
     fake: FakeVoyado, tmp_path: Path
 ) -> None:
-    await leave_journal(fake, tmp_path, [view("a"), view("b"), cart("c1", "SKU-1")])
+    await leave_journal(fake, tmp_path, [view("a"), view("b"), cart("c1", 0, "SKU-1")])
     result = await run_cli("send", "--journal", str(tmp_path), "--progress", "plain",
                            env=connection(fake))
     assert result.returncode == 0, result.stderr

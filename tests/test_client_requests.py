@@ -335,6 +335,17 @@ def test_plain_http_is_allowed_to_loopback_hosts(url: str) -> None:
     assert vt.TrackingClient(url, KEY).base_url == url
 
 
+def test_a_base_url_with_a_path_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="without a path") as info:
+        vt.TrackingClient("https://tenant.voyado.com/api/v2", "secret-key")
+    assert "secret-key" not in str(info.value)
+
+
+def test_a_base_url_with_a_trailing_slash_is_accepted() -> None:
+    client = vt.TrackingClient("https://tenant.voyado.com/", "k")
+    assert client.base_url == "https://tenant.voyado.com"
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

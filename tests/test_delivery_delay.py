@@ -7,9 +7,10 @@ request crosses the wire, so every delay is exact.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
-from conftest import cart, eventually, view
+from conftest import cart, eventually, fast_settings, view
 
 import voyado_tracking as vt
 from voyado_tracking._delays import DeliveryDelays
@@ -20,9 +21,9 @@ SLOW_RETRY = vt.RetryPolicy(max_attempts=None, initial_backoff=100.0, max_backof
                             max_elapsed=3600.0)
 
 
-def settings(flush_interval: float = 5.0) -> vt.FlushSettings:
-    return vt.FlushSettings(flush_interval=flush_interval, retry=SLOW_RETRY,
-                            shutdown_timeout=2.0)
+# The suite's fast settings, but retries too slow to happen within a test.
+settings = functools.partial(fast_settings, flush_interval=5.0, retry=SLOW_RETRY,
+                             shutdown_timeout=2.0)
 
 
 async def test_oldest_pending_age_is_zero_when_nothing_is_pending(

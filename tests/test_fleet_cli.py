@@ -39,6 +39,24 @@ async def test_forward_delivers_until_sigterm_and_exits_cleanly(
     assert fake.api_key.encode() not in stderr
 
 
+async def test_forward_sends_the_user_agent_of_voyado_user_agent(
+    fake: FakeVoyado, redis_url: str
+) -> None:
+    env = {**os.environ, "VOYADO_BASE_URL": fake.url, "VOYADO_API_KEY": fake.api_key,
+           "VOYADO_USER_AGENT": "ShopFleet/2.1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "forward", "--redis", redis_url,
+        "--flush-interval", "0.05", env=env, stderr=asyncio.subprocess.PIPE,
+    )
+    async with vt.RedisOutbox(redis_url) as outbox:
+        outbox.enqueue(view("sku-1"))
+    await eventually(lambda: len(fake.product_views) == 1, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    await proc.communicate()
+    assert proc.returncode == 0
+    assert {r.user_agent for r in fake.requests} == {"ShopFleet/2.1"}
+
+
 async def test_replay_dead_moves_dead_entries_back_to_the_stream(redis_url: str) -> None:
     async with aioredis.from_url(redis_url) as r:
         await r.xadd(dead_stream("voyado-tracking"),

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import eventually
+from conftest import cart, eventually, view
 
 import voyado_tracking as vt
 from voyado_tracking.redis import dead_stream
@@ -16,22 +16,12 @@ from voyado_tracking.testing import FakeVoyado
 
 pytestmark = pytest.mark.fleet
 
-CONTACT = "7f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f"
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)  # the hour of conftest's cart()
 FAST = vt.FlushSettings(
     flush_interval=0.05, shutdown_timeout=5.0,
     retry=vt.RetryPolicy(max_attempts=None, initial_backoff=0.01, max_backoff=0.05,
                          max_elapsed=60.0),
 )
-
-
-def view(n: int) -> vt.ProductView:
-    return vt.ProductView(f"sku-{n}", CONTACT, time=T0)
-
-
-def cart(reference: str, minutes: int) -> vt.Cart:
-    items = (vt.CartItem(f"sku-{minutes}", 1),)
-    return vt.Cart(reference, CONTACT, items=items, time=T0 + timedelta(minutes=minutes))
 
 
 @pytest.fixture
@@ -51,8 +41,8 @@ async def write(redis_url: str, events: list[vt.Cart | vt.ProductView]) -> None:
 async def test_forwarder_delivers_views_and_latest_cart_state(
     fake: FakeVoyado, client: vt.TrackingClient, redis_url: str
 ) -> None:
-    await write(redis_url, [view(n) for n in range(50)] + [cart("c1", 1), cart("c1", 3),
-                                                           cart("c1", 2)])
+    updates = [cart("c1", 0, f"sku-{minute}", minute=minute) for minute in (1, 3, 2)]
+    await write(redis_url, [view(f"sku-{n}") for n in range(50)] + updates)
     async with vt.Forwarder(client, redis_url, FAST) as forwarder:
         await forwarder.flush(timeout=10)
     assert sorted(v.item_id for v in fake.product_views) == sorted(f"sku-{n}" for n in range(50))
@@ -62,7 +52,8 @@ async def test_forwarder_delivers_views_and_latest_cart_state(
 async def test_delivered_entries_are_acked_and_deleted(
     client: vt.TrackingClient, redis_url: str, r: aioredis.Redis
 ) -> None:
-    await write(redis_url, [view(n) for n in range(20)] + [cart("c1", 1), cart("c1", 2)])
+    updates = [cart("c1", 0, f"sku-{minute}", minute=minute) for minute in (1, 2)]
+    await write(redis_url, [view(f"sku-{n}") for n in range(20)] + updates)
     async with vt.Forwarder(client, redis_url, FAST) as forwarder:
         await forwarder.flush(timeout=10)
         await asyncio.sleep(0.1)  # the committer runs after the flush saw the stream empty
@@ -73,7 +64,7 @@ async def test_delivered_entries_are_acked_and_deleted(
 async def test_backlog_is_sent_in_full_batches(
     fake: FakeVoyado, client: vt.TrackingClient, redis_url: str
 ) -> None:
-    await write(redis_url, [view(n) for n in range(2000)])
+    await write(redis_url, [view(f"sku-{n}") for n in range(2000)])
     async with vt.Forwarder(client, redis_url, FAST) as forwarder:
         await forwarder.flush(timeout=20)
     sizes = [request.events for request in fake.requests]
@@ -85,7 +76,7 @@ async def test_rejected_event_lands_in_dead_stream_alone(
 ) -> None:
     fake.reject_item_ids = {"sku-7"}
     dead: list[vt.ProductView] = []
-    await write(redis_url, [view(n) for n in range(16)])
+    await write(redis_url, [view(f"sku-{n}") for n in range(16)])
     async with vt.Forwarder(
         client, redis_url, FAST, on_dead_letter=lambda e, _: dead.append(e)  # type: ignore[arg-type]
     ) as forwarder:
@@ -103,7 +94,7 @@ async def test_unreadable_entry_is_dead_lettered_not_retried(
     fake: FakeVoyado, client: vt.TrackingClient, redis_url: str, r: aioredis.Redis
 ) -> None:
     await r.xadd("voyado-tracking", {"v": "99", "e": "{}"})
-    await write(redis_url, [view(1)])
+    await write(redis_url, [view("sku-1")])
     async with vt.Forwarder(client, redis_url, FAST) as forwarder:
         await forwarder.flush(timeout=10)
     (entry,) = await r.xrange(dead_stream("voyado-tracking"))
@@ -115,7 +106,7 @@ async def test_retrying_entries_stay_owned_by_a_live_forwarder(
     fake: FakeVoyado, client: vt.TrackingClient, redis_url: str
 ) -> None:
     """Entries waiting on a slow or failing Voyado are refreshed: claim_idle takes none."""
-    await write(redis_url, [view(n) for n in range(10)])
+    await write(redis_url, [view(f"sku-{n}") for n in range(10)])
     fake.hold()
     async with vt.Forwarder(client, redis_url, FAST, claim_idle=0.2) as first:
         await eventually(lambda: first.stats.in_flight > 0)
@@ -130,7 +121,7 @@ async def test_retrying_entries_stay_owned_by_a_live_forwarder(
 async def test_closed_forwarder_releases_what_it_holds_for_another(
     fake: FakeVoyado, client: vt.TrackingClient, redis_url: str
 ) -> None:
-    await write(redis_url, [view(n) for n in range(10)])
+    await write(redis_url, [view(f"sku-{n}") for n in range(10)])
     fake.hold()
     first = vt.Forwarder(client, redis_url, FAST, claim_idle=30.0)
     await first.start()

@@ -12,42 +12,31 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
-from _redisserver import free_port
+from conftest import cart, free_port, view
 
 import voyado_tracking as vt
 from voyado_tracking.redis._ledger import Ledger
 from voyado_tracking.redis._stream import decode_entry, encode_entry
 from voyado_tracking.testing import FakeVoyado
 
-CONTACT = "7f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f"
-
-
-def view(n: int) -> vt.ProductView:
-    return vt.ProductView(f"sku-{n}", CONTACT, time="2024-05-01T12:00:00Z")
-
-
-def cart(minute: int, reference: str = "c1") -> vt.Cart:
-    return vt.Cart(reference, CONTACT, time=f"2024-05-01T12:{minute:02d}:00Z")
-
-
 # -- the entry format and the ledger (pure) ---------------------------------------------------
 
 
 def test_entry_carries_format_version_and_json_lines_record() -> None:
-    entry = encode_entry(view(1))
+    entry = encode_entry(view("sku-1"))
     assert entry[b"v"] == b"1"
     assert entry[b"e"].startswith(b'{"type":"product_view"')
-    assert decode_entry(entry) == view(1)
+    assert decode_entry(entry) == view("sku-1")
 
 
 def test_entry_of_unknown_format_version_is_refused() -> None:
     with pytest.raises(vt.InvalidEventError, match="format version 2"):
-        decode_entry({b"v": b"2", b"e": encode_entry(view(1))[b"e"]})
+        decode_entry({b"v": b"2", b"e": encode_entry(view("sku-1"))[b"e"]})
 
 
 def test_delivered_cart_settles_the_updates_it_replaced() -> None:
     ledger = Ledger()
-    older, newer = cart(1), cart(2)
+    older, newer = cart("c1", minute=1), cart("c1", minute=2)
     ledger.add("1-0", newer)
     ledger.add("2-0", older)  # arrived later, older instant: collapsed away
     assert sorted(ledger.settle([newer])) == ["1-0", "2-0"]
@@ -56,7 +45,7 @@ def test_delivered_cart_settles_the_updates_it_replaced() -> None:
 
 def test_delivered_cart_leaves_newer_updates_held() -> None:
     ledger = Ledger()
-    sent, newer = cart(1), cart(2)
+    sent, newer = cart("c1", minute=1), cart("c1", minute=2)
     ledger.add("1-0", sent)
     ledger.add("2-0", newer)
     assert ledger.settle([sent]) == ["1-0"]
@@ -65,7 +54,7 @@ def test_delivered_cart_leaves_newer_updates_held() -> None:
 
 def test_delivered_cart_leaves_a_later_update_with_the_same_time_held() -> None:
     ledger = Ledger()
-    sent, later = cart(1), vt.Cart("c1", CONTACT, time="2024-05-01T12:01:00Z", items=())
+    sent, later = cart("c1", minute=1), cart("c1", minute=1)
     ledger.add("1-0", sent)
     ledger.add("2-0", later)
     assert ledger.settle([sent]) == ["1-0"]
@@ -85,6 +74,15 @@ def test_import_never_needs_redis_and_fleet_names_say_which_extra() -> None:
     assert "voyado-tracking[redis]" in out
 
 
+def test_the_fleet_test_helpers_import_without_redis() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import voyado_tracking.testing, voyado_tracking.testing._fleet\n"
+        "import voyado_tracking.testing._redis\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_buffer_and_outbox_are_event_sinks(fake: FakeVoyado) -> None:
     client = vt.TrackingClient(fake.url, fake.api_key)
     assert isinstance(vt.TrackingBuffer(client), vt.EventSink)
@@ -102,18 +100,18 @@ def fake_redis() -> fakeredis.FakeAsyncRedis:
 async def test_outbox_writes_one_entry_per_event(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     async with vt.RedisOutbox(fake_redis, stream="s") as outbox:
         for n in range(5):
-            outbox.enqueue(view(n))
+            outbox.enqueue(view(f"sku-{n}"))
         await outbox.flush()
         assert outbox.stats.sent == 5
     entries = await fake_redis.xrange("s")
-    assert [decode_entry(fields) for _, fields in entries] == [view(n) for n in range(5)]
+    assert [decode_entry(fields) for _, fields in entries] == [view(f"sku-{n}") for n in range(5)]
 
 
 async def test_outbox_never_closes_a_borrowed_client(
     fake_redis: fakeredis.FakeAsyncRedis,
 ) -> None:
     async with vt.RedisOutbox(fake_redis) as outbox:
-        outbox.enqueue(view(1))
+        outbox.enqueue(view("sku-1"))
     assert await fake_redis.ping()
 
 
@@ -126,7 +124,7 @@ async def test_outbox_holds_events_while_redis_is_unreachable_within_its_bound()
     outbox = vt.RedisOutbox(unreachable(), max_pending=10,
                             on_drop=lambda e, why: dropped.append((e, why)))
     for n in range(15):
-        outbox.enqueue(view(n))
+        outbox.enqueue(view(f"sku-{n}"))
     await asyncio.sleep(0.2)
     assert outbox.stats.pending == 10
     assert outbox.stats.dropped == 5
@@ -138,7 +136,7 @@ async def test_outbox_spools_what_redis_never_took(tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
     outbox = vt.RedisOutbox(unreachable(), spool_path=spool)
     for n in range(3):
-        outbox.enqueue(view(n))
+        outbox.enqueue(view(f"sku-{n}"))
     await outbox.aclose(timeout=0.2)
     assert outbox.stats.spooled == 3
     assert len(spool.read_bytes().splitlines()) == 3
@@ -147,8 +145,8 @@ async def test_outbox_spools_what_redis_never_took(tmp_path: Path) -> None:
 async def test_outbox_accounting_adds_up(fake_redis: fakeredis.FakeAsyncRedis) -> None:
     async with vt.RedisOutbox(fake_redis) as outbox:
         for minute in range(3):
-            outbox.enqueue(cart(minute))
-        outbox.enqueue(view(1))
+            outbox.enqueue(cart("c1", minute=minute))
+        outbox.enqueue(view("sku-1"))
     s = outbox.stats
     assert s.enqueued == s.collapsed + s.sent + s.dropped + s.spooled + s.pending
     assert s.pending == 0
@@ -158,7 +156,7 @@ async def test_outbox_refuses_events_after_close(fake_redis: fakeredis.FakeAsync
     outbox = vt.RedisOutbox(fake_redis)
     await outbox.aclose()
     with pytest.raises(vt.BufferClosedError):
-        outbox.enqueue(view(1))
+        outbox.enqueue(view("sku-1"))
 
 
 # -- the shared rate limiter (real Redis: it runs Lua) ----------------------------------------
@@ -203,7 +201,7 @@ async def test_default_limiter_key_is_a_hash_never_the_api_key(
 ) -> None:
     limiter = vt.RedisRateLimiter(r)
     async with vt.TrackingClient(fake.url, fake.api_key, rate_limiter=limiter) as client:
-        await client.register_product_view(view(1))
+        await client.register_product_view(view("sku-1"))
     assert limiter.key is not None
     assert fake.api_key not in limiter.key
     keys = [k.decode() for k in await r.keys("*")]

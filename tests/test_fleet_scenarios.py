@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from _fleetproc import expected, worker_events
-from _redisserver import RedisServer
-from conftest import eventually
+from conftest import CONTACT, eventually
 
 import voyado_tracking as vt
 from voyado_tracking.testing import Chaos, FakeVoyado
+from voyado_tracking.testing._fleet import FleetWorkers, WorkerPlan, start_forwarder_process
+from voyado_tracking.testing._redis import RedisServer
 
 pytestmark = pytest.mark.fleet
 
-HERE = Path(__file__).parent
 STREAM = "voyado-tracking"
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+CARTS = 25  # cart references shared by every worker
 SETTINGS = vt.FlushSettings(
     max_batch_size=100, flush_interval=0.05, shutdown_timeout=5.0,
     retry=vt.RetryPolicy(max_attempts=None, initial_backoff=0.02, max_backoff=0.2,
@@ -29,16 +30,40 @@ SETTINGS = vt.FlushSettings(
 )
 
 
-async def spawn(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "_fleetproc.py"), *args, stdout=asyncio.subprocess.PIPE
-    )
+def worker_events(worker: int, count: int) -> list[vt.Cart | vt.ProductView]:
+    """Worker *worker*'s events: one cart update in four, times unique across workers."""
+    events: list[vt.Cart | vt.ProductView] = []
+    for n in range(count):
+        if n % 4 == 0:
+            items = (vt.CartItem(f"sku-{worker}-{n}", 1),)
+            when = T0 + timedelta(seconds=n * 100 + worker)
+            events.append(vt.Cart(f"cart-{n % CARTS}", CONTACT, items=items, time=when))
+        else:
+            events.append(vt.ProductView(f"w{worker}-v{n}", CONTACT, time=T0))
+    return events
+
+
+def expected(workers: int, count: int) -> tuple[set[str], dict[str, datetime]]:
+    """Every view's item id, and each cart's latest time, over the whole fleet."""
+    views: set[str] = set()
+    latest: dict[str, datetime] = {}
+    for worker in range(workers):
+        for event in worker_events(worker, count):
+            if isinstance(event, vt.ProductView):
+                views.add(event.item_id)
+            elif event.time > latest.get(event.cart_reference, T0 - timedelta(days=1)):
+                latest[event.cart_reference] = event.time
+    return views, latest
 
 
 async def run_workers(redis_url: str, workers: int, count: int) -> None:
-    procs = [await spawn("worker", redis_url, STREAM, str(w), str(count))
+    """Worker processes, each enqueuing its events 50 every 10 ms (a worker serving
+    requests, not a bulk load)."""
+    due = [n // 50 * 0.01 for n in range(count)]
+    plans = [WorkerPlan(events=worker_events(w, count), due=due, redis=redis_url, stream=STREAM)
              for w in range(workers)]
-    assert [await p.wait() for p in procs] == [0] * workers
+    async with FleetWorkers(plans) as fleet:
+        assert await fleet.play() == [0] * workers
 
 
 def assert_all_delivered(fake: FakeVoyado, workers: int, count: int) -> None:
@@ -78,7 +103,9 @@ async def test_forwarder_killed_mid_run_loses_nothing(
     fake: FakeVoyado, clients: list[vt.TrackingClient], redis_url: str
 ) -> None:
     fake.latency = 0.2
-    killed = await spawn("forwarder", redis_url, fake.url, fake.api_key, "0.5", "200")
+    killed = await start_forwarder_process(redis_url, fake.url, fake.api_key, rate=200.0,
+                                           claim_idle=0.5, max_batch_size=100,
+                                           flush_interval=0.05)
     assert killed.stdout is not None
     assert await killed.stdout.readline() == b"started\n"
     await run_workers(redis_url, workers=2, count=600)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+from conftest import CONTACT, cart
+
 import voyado_tracking as vt
 from voyado_tracking.testing import latest_carts, shop_traffic
-
-CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
-
-
-def cart(reference: str, time: str, *skus: str) -> vt.Cart:
-    return vt.Cart(reference, CONTACT, items=[vt.CartItem(s, 1) for s in skus], time=time)
 
 
 def test_the_same_seed_gives_the_same_events() -> None:
@@ -54,14 +50,14 @@ def test_view_share_zero_gives_cart_updates_only() -> None:
 
 def test_latest_cart_is_chosen_by_instant_not_by_clock_reading() -> None:
     """10:00+02:00 is 08:00Z, earlier than 09:30Z."""
-    later = cart("c-1", "2026-11-27T09:30:00Z", "B")
-    earlier = cart("c-1", "2026-11-27T10:00:00+02:00", "A")
+    later = cart("c-1", 0, "B", time="2026-11-27T09:30:00Z")
+    earlier = cart("c-1", 0, "A", time="2026-11-27T10:00:00+02:00")
     assert latest_carts([later, earlier]) == {"c-1": later}
 
 
 def test_of_equal_instants_the_later_update_in_sequence_wins() -> None:
-    first = cart("c-1", "2026-11-27T10:00:00+01:00", "A")
-    second = cart("c-1", "2026-11-27T09:00:00Z")
+    first = cart("c-1", 0, "A", time="2026-11-27T10:00:00+01:00")
+    second = cart("c-1", 0, time="2026-11-27T09:00:00Z")
     assert latest_carts([first, second]) == {"c-1": second}
 
 

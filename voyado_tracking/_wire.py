@@ -38,10 +38,10 @@ __all__ = [
     "dumps",
     "encode_batch",
     "encode_parts",
-    "split_bodies",
     "event_from_wire",
     "event_to_wire",
     "loads",
+    "split_bodies",
     "structure",
 ]
 

@@ -1,21 +1,25 @@
-"""What the commands of the CLI share: its name, exit statuses, the usage error, signals,
-and the argparse types of its options (a bad value is a usage error naming the option)."""
+"""What the commands of the CLI share: its name, exit statuses, the usage error, signals, the
+``VOYADO_*`` environment, and the argparse types of its options (a bad value is a usage error
+naming the option)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, NamedTuple, TypeAlias
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
     "PROG",
+    "Commands",
     "UsageError",
+    "VoyadoEnvironment",
     "bounded_float",
     "non_negative",
     "on_interrupt",
@@ -23,6 +27,7 @@ __all__ = [
     "positive_int",
     "probability",
     "seconds",
+    "voyado_environment",
 ]
 
 EXIT_OK: Final = 0
@@ -31,9 +36,31 @@ EXIT_USAGE: Final = 2
 
 PROG: Final = "voyado-tracking"
 
+# What a command's module is given to add its parser to.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
 
 class UsageError(Exception):
     """A problem with the command line or its environment (exit status 2)."""
+
+
+class VoyadoEnvironment(NamedTuple):
+    """The Voyado connection the environment describes ("" or None where a variable is unset)."""
+
+    base_url: str
+    api_key: str
+    user_agent: str | None
+
+
+def voyado_environment() -> VoyadoEnvironment:
+    """``VOYADO_BASE_URL``, ``VOYADO_API_KEY`` and ``VOYADO_USER_AGENT``, stripped; the one
+    place the CLI reads them."""
+    user_agent = os.environ.get("VOYADO_USER_AGENT", "").strip()
+    return VoyadoEnvironment(
+        base_url=os.environ.get("VOYADO_BASE_URL", "").strip(),
+        api_key=os.environ.get("VOYADO_API_KEY", "").strip(),
+        user_agent=user_agent or None,
+    )
 
 
 @contextlib.contextmanager

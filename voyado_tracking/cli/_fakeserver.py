@@ -11,18 +11,66 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .._transport import is_loopback
-from ..testing import Chaos, FakeVoyado
-from ..testing._fake import STATE_PATH
-from ._common import EXIT_OK, PROG, UsageError, on_interrupt
+from ._common import (
+    EXIT_OK,
+    PROG,
+    Commands,
+    UsageError,
+    non_negative,
+    on_interrupt,
+    positive_int,
+    probability,
+)
 
-__all__ = ["run_fake_server"]
+if TYPE_CHECKING:
+    from ..testing import FakeVoyado
+
+__all__ = ["add_fake_server", "run_fake_server"]
+
+
+def add_fake_server(commands: Commands) -> None:
+    fake = commands.add_parser(
+        "fake-server",
+        help="run a fake Voyado tracking API on loopback",
+        description="Run FakeVoyado standalone. Prints 'VOYADO_BASE_URL=... "
+        "VOYADO_API_KEY=...' on one line of stdout, then serves until Ctrl-C or SIGTERM. "
+        "GET <url>/_fake/state shows what it received: carts by latest time, product views "
+        "and request counts, as JSON.",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    fake.add_argument("--api-key", default="test-api-key",
+                      help="the key the fake accepts (default test-api-key)")
+    fake.add_argument("--public", action="store_true",
+                      help="allow a --host that is not a loopback address")
+    fake.add_argument("--latency", type=non_negative, default=0.0,
+                      help="seconds added to every answer (default 0)")
+    fake.add_argument("--error-rate", type=probability, default=0.0,
+                      help="share of requests answered 5xx")
+    fake.add_argument("--rate-limit-rate", type=probability, default=0.0,
+                      help="share of requests answered 429")
+    fake.add_argument("--retry-after", type=non_negative, default=1.0,
+                      help="Retry-After of the injected 429s, in seconds (default 1)")
+    fake.add_argument("--drop-rate", type=probability, default=0.0,
+                      help="share of connections dropped without an answer")
+    fake.add_argument("--seed", type=int, default=0, help="random seed of the faults")
+    fake.add_argument("--rate-limit", type=positive_int, default=None, metavar="N",
+                      help="answer 429 + Retry-After to requests beyond N in any one-second "
+                      "window, like Voyado's per-key limit (default: no limit)")
+    fake.add_argument("--dump", metavar="FILE",
+                      help="on exit (Ctrl-C or SIGTERM), write what the fake received to FILE "
+                      "as JSON: the same data as GET /_fake/state while it runs")
 
 
 def _fake(args: argparse.Namespace) -> FakeVoyado:
+    # Imported here: the testing helpers (and aiohttp's server) load only for this command.
+    from ..testing import Chaos, FakeVoyado
+
     if not is_loopback(args.host) and not args.public:
         raise UsageError(f"--host {args.host} is not a loopback address; add --public to "
                          "serve the fake on the network")
@@ -42,6 +90,8 @@ def _fake(args: argparse.Namespace) -> FakeVoyado:
 
 async def run_fake_server(args: argparse.Namespace) -> int:
     """The ``fake-server`` command; returns the exit status."""
+    from ..testing._fake import STATE_PATH
+
     fake = _fake(args)
     try:
         await fake.start()

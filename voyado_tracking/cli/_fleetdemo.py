@@ -9,9 +9,9 @@ requests/s, while the fake injects faults and, like Voyado's per-key limit, refu
 a little above that rate. Then the plain demo's report and checks, plus one: the busiest
 second at the fake stayed within the shared rate + 1.
 
-The run writes a stream of its own (removed at the end), never a fleet's. A worker gets its
-settings, the Redis URL included, on stdin (never on its command line), answers ``ready``
-on stdout, starts on ``go``, then prints its counters as JSON lines.
+The run writes a stream of its own (removed at the end), never a fleet's. The worker
+processes are those of :mod:`voyado_tracking.testing._fleet`, which get their settings, the
+Redis URL included, on stdin (never on their command line).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import secrets
 import sys
@@ -33,13 +32,12 @@ from .. import BufferStats, TrackingClient
 from .. import __version__ as version
 from .._wire import Event
 from ..testing import Chaos, FakeVoyado, shop_traffic
-from ._common import EXIT_FAILED, PROG, UsageError
-from ._demo import Timing, check_delivery, flush_settings, paced, report, schedule, verdict
+from ..testing._fleet import FleetWorkers, WorkerPlan
+from ._common import PROG, UsageError
+from ._demo import Timing, check_delivery, flush_settings, report, schedule, verdict
 from ._progress import progress, stats_text
 
 __all__ = ["run_fleet_demo"]
-
-_REPORT_EVERY = 0.2  # seconds between a worker's progress lines
 
 
 # -- the parent: workers, forwarders, checks ---------------------------------------------------
@@ -91,7 +89,7 @@ async def _demo(args: argparse.Namespace, mode: str, stream: str) -> int:
             + (" with injected faults" if args.chaos else ""),
             flush=True,
         )
-        stats, timing, claimed = await _run_fleet(args, mode, stream, fake, len(events))
+        stats, timing, claimed = await _run_fleet(args, mode, stream, fake, events)
         busiest = fake.max_requests_in_any_window()
         checks = [
             *check_delivery(fake, events, stats),
@@ -106,14 +104,15 @@ async def _demo(args: argparse.Namespace, mode: str, stream: str) -> int:
 
 
 async def _run_fleet(
-    args: argparse.Namespace, mode: str, stream: str, fake: FakeVoyado, total: int
+    args: argparse.Namespace, mode: str, stream: str, fake: FakeVoyado, events: Sequence[Event]
 ) -> tuple[BufferStats, Timing, int]:
     """Start the forwarders and workers, play the traffic, drain; the fleet's counters."""
     from ..redis import Forwarder, RedisRateLimiter
 
     settings = flush_settings(args)
     limiter = RedisRateLimiter(args.redis, rate=args.rate)
-    workers = _Workers(args, stream)
+    workers = FleetWorkers(_plans(args, stream, events))
+    total = len(events)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(limiter.aclose)
         forwarders = []
@@ -125,7 +124,11 @@ async def _run_fleet(
             forwarders.append(await stack.enter_async_context(
                 Forwarder(client, args.redis, settings, stream=stream)))
         stack.push_async_callback(workers.stop)
-        await workers.start()
+        try:
+            await workers.start()
+        except RuntimeError:
+            raise UsageError("a worker process of the fleet demo did not start "
+                             "(its error is above)") from None
 
         def poll() -> tuple[int, int | None, str]:
             done = workers.enqueued()
@@ -133,7 +136,7 @@ async def _run_fleet(
 
         async with progress(mode, "fleet traffic", poll, 1.0):
             started = time.monotonic()
-            outboxes = await workers.play()
+            outboxes = _counters(workers, await workers.play(), args.workers, total)
             traffic_done = time.monotonic()
             with contextlib.suppress(TimeoutError):  # the checks tell what is left
                 await forwarders[0].flush(timeout=settings.shutdown_timeout)
@@ -187,108 +190,29 @@ def _fleet_stats(
     )
 
 
-class _Workers:
-    """The worker processes: started, released together, their last counters read."""
-
-    def __init__(self, args: argparse.Namespace, stream: str) -> None:
-        self._config = {
-            "redis": args.redis, "stream": stream, "workers": args.workers, "seed": args.seed,
-            "events": args.events, "shoppers": args.shoppers, "duration": args.duration,
-        }
-        self._count, self._events = args.workers, args.events
-        self._procs: list[asyncio.subprocess.Process] = []
-        self._latest: list[dict[str, int]] = []
-
-    async def start(self) -> None:
-        """Start every worker and wait until each has its events ready."""
-        for worker in range(self._count):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps({**self._config, "worker": worker}).encode() + b"\n")
-            self._procs.append(proc)
-            self._latest.append({})
-        for proc in self._procs:
-            assert proc.stdout is not None
-            if await proc.stdout.readline() != b"ready\n":
-                raise UsageError("a worker process of the fleet demo did not start "
-                                 "(its error is above)")
-
-    def enqueued(self) -> int:
-        return sum(latest.get("enqueued", 0) for latest in self._latest)
-
-    async def play(self) -> list[dict[str, int]]:
-        """Release the workers together; each one's final counters once all have exited."""
-        for proc in self._procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        await asyncio.gather(*(self._follow(n) for n in range(self._count)))
-        for n, proc in enumerate(self._procs):
-            if await proc.wait() != 0 or not self._latest[n].get("final"):
-                print(f"{PROG}: worker {n} exited with status {proc.returncode}",
-                      file=sys.stderr)
-                # What it did not report as written to Redis counts as left behind.
-                unwritten = len(range(n, self._events, self._count))
-                self._latest[n] = {"enqueued": unwritten, "pending": unwritten}
-        return self._latest
-
-    async def _follow(self, n: int) -> None:
-        stdout = self._procs[n].stdout
-        assert stdout is not None
-        async for line in stdout:
-            with contextlib.suppress(ValueError):
-                self._latest[n] = json.loads(line)
-
-    async def stop(self) -> None:
-        """End workers still running (after an error or Ctrl-C)."""
-        for proc in self._procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+def _plans(args: argparse.Namespace, stream: str, events: Sequence[Event]) -> list[WorkerPlan]:
+    """Worker ``i`` takes the events ``i, i + N, ...``, each at its time in the schedule."""
+    due = schedule(events, args.duration)
+    plans = []
+    for worker in range(args.workers):
+        share = events[worker::args.workers]
+        plans.append(WorkerPlan(events=share, due=[due(event) for event in share],
+                                redis=args.redis, stream=stream,
+                                max_pending=max(50_000, len(share))))
+    return plans
 
 
-# -- a worker process ----------------------------------------------------------------------------
-
-
-async def _work(config: dict[str, Any], events: Sequence[Event]) -> None:
-    from ..redis import RedisOutbox
-
-    due = schedule(events, config["duration"])
-    share = events[config["worker"]::config["workers"]]
-    outbox = RedisOutbox(config["redis"], stream=config["stream"],
-                         max_pending=max(50_000, len(share)))
-
-    def report(final: bool = False) -> None:
-        print(json.dumps({**attrs.asdict(outbox.stats), "final": final}), flush=True)
-
-    async def keep_reporting() -> None:
-        while True:
-            await asyncio.sleep(_REPORT_EVERY)
-            report()
-
-    reporter = asyncio.get_running_loop().create_task(keep_reporting())
-    try:
-        async with outbox:
-            async for event in paced(share, due, time.monotonic()):
-                outbox.enqueue(event)
-    finally:
-        reporter.cancel()
-    report(final=True)
-
-
-def _worker_main() -> int:
-    config = json.loads(sys.stdin.readline())
-    events = shop_traffic(config["seed"], events=config["events"], shoppers=config["shoppers"])
-    print("ready", flush=True)
-    if sys.stdin.readline() != "go\n":
-        return EXIT_FAILED  # the demo stopped before the traffic began
-    asyncio.run(_work(config, events))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main())
+def _counters(
+    workers: FleetWorkers, statuses: Sequence[int], count: int, total: int
+) -> list[dict[str, int]]:
+    """Each worker's final counters; a worker that failed counts what it did not report as
+    written to Redis as left behind."""
+    counters = []
+    for n, status in enumerate(statuses):
+        latest = workers.latest[n]
+        if status != 0 or not latest.get("final"):
+            print(f"{PROG}: worker {n} exited with status {status}", file=sys.stderr)
+            unwritten = len(range(n, total, count))
+            latest = {"enqueued": unwritten, "pending": unwritten}
+        counters.append(latest)
+    return counters

@@ -2,8 +2,9 @@
 
 Reads the stream that the fleet's ``RedisOutbox`` instances write, in a consumer group, and
 delivers it to Voyado with a shared :class:`RedisRateLimiter` budget. Voyado's base URL and
-API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY``. ``--replay-dead`` moves the
-dead-letter stream back for another try, and exits.
+API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY`` (and the User-Agent, optionally,
+from ``VOYADO_USER_AGENT``). ``--replay-dead`` moves the dead-letter stream back for another
+try, and exits.
 """
 
 from __future__ import annotations
@@ -11,22 +12,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 
 from .._client import TrackingClient
 from .._settings import FlushSettings
-from ._common import EXIT_OK, UsageError, on_interrupt, per_second, seconds
+from ._common import (
+    EXIT_OK,
+    Commands,
+    UsageError,
+    VoyadoEnvironment,
+    on_interrupt,
+    per_second,
+    seconds,
+    voyado_environment,
+)
+
+__all__ = ["add_forward", "run_forward"]
 
 
-def _environment() -> tuple[str, str]:
-    base_url = os.environ.get("VOYADO_BASE_URL", "").strip()
-    api_key = os.environ.get("VOYADO_API_KEY", "").strip()
-    missing = [name for name, value in (("VOYADO_BASE_URL", base_url),
-                                        ("VOYADO_API_KEY", api_key)) if not value]
+def _environment() -> VoyadoEnvironment:
+    environment = voyado_environment()
+    missing = [name for name, value in (("VOYADO_BASE_URL", environment.base_url),
+                                        ("VOYADO_API_KEY", environment.api_key)) if not value]
     if missing:
         raise UsageError(f"set {' and '.join(missing)} in the environment")
-    return base_url, api_key
+    return environment
 
 
 async def run_forward(args: argparse.Namespace) -> int:
@@ -44,11 +54,13 @@ async def run_forward(args: argparse.Namespace) -> int:
             await redis.aclose()
         print(f"moved {moved} dead entries back to {args.stream}", file=sys.stderr)
         return EXIT_OK
-    base_url, api_key = _environment()
+    environment = _environment()
     limiter = RedisRateLimiter(args.redis, rate=args.rate)
     try:
-        client = TrackingClient(base_url, api_key, rate_limiter=limiter)
+        client = TrackingClient(environment.base_url, environment.api_key,
+                                user_agent=environment.user_agent, rate_limiter=limiter)
     except (TypeError, ValueError) as error:
+        await limiter.aclose()
         raise UsageError(str(error)) from None  # never contains the key
     settings = FlushSettings(flush_interval=args.flush_interval)
     stop = asyncio.Event()
@@ -76,14 +88,15 @@ def _print_stats(stats: object) -> None:
           file=sys.stderr, flush=True)
 
 
-def add_forward(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_forward(commands: Commands) -> None:
     forward = commands.add_parser(
         "forward",
         help="fleet mode: deliver a Redis stream written by RedisOutbox to Voyado",
         description="Run a Forwarder: read the stream in a consumer group, deliver full "
         "batches to Voyado under a rate budget shared through Redis, ack what was delivered. "
-        "Voyado settings come from VOYADO_BASE_URL and VOYADO_API_KEY. Runs until SIGTERM "
-        "or Ctrl-C, then delivers or releases what it holds.",
+        "Voyado settings come from VOYADO_BASE_URL and VOYADO_API_KEY (and, optionally, "
+        "VOYADO_USER_AGENT). Runs until SIGTERM or Ctrl-C, then delivers or releases what it "
+        "holds.",
     )
     forward.add_argument("--redis", required=True, metavar="URL",
                          help="Redis URL, e.g. redis://localhost:6379/0")

@@ -1,10 +1,12 @@
-"""Live progress on stderr (a rich bar, plain periodic lines, or nothing) and log set-up.
+"""Live progress on stderr (a rich bar, plain periodic lines, or nothing), its options, and
+log set-up.
 
 Progress is polled from a task, which keeps display code off the hot path of the commands.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -16,7 +18,14 @@ from typing import IO, Any
 from .. import BufferStats
 from ._common import PROG
 
-__all__ = ["Poll", "configure_logging", "progress", "progress_mode", "stats_text"]
+__all__ = [
+    "Poll",
+    "configure_logging",
+    "progress",
+    "progress_mode",
+    "progress_options",
+    "stats_text",
+]
 
 Poll = Callable[[], tuple[int, "int | None", str]]  # completed, total, status text
 
@@ -27,6 +36,19 @@ def _rich_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def progress_options() -> argparse.ArgumentParser:
+    """The ``--progress`` and ``--verbose`` options, as a parent of the commands that show
+    progress."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--progress", choices=("auto", "rich", "plain", "none"), default="auto",
+        help="live progress on stderr: rich bar on a terminal, plain lines otherwise (auto)",
+    )
+    options.add_argument("-v", "--verbose", action="store_true",
+                         help="log every retry and failure of the library")
+    return options
 
 
 def progress_mode(requested: str, stream: IO[str]) -> str:

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from .._tune import Limits, Outcome, Traffic, reason, recommend, settings_text, sweep, unmet
-from ._common import EXIT_FAILED, EXIT_OK
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Commands,
+    bounded_float,
+    positive_int,
+    probability,
+    seconds,
+)
 
-__all__ = ["run_tune", "table"]
+if TYPE_CHECKING:
+    from .._tune import Limits, Outcome, Traffic
+
+__all__ = ["MAX_TUNE_RATE", "add_tune", "run_tune", "table"]
+
+MAX_TUNE_RATE = 100_000
 
 _COLUMNS = (
     "batch", "interval", "fleet req/s", "delay p50", "p99", "max", "collapsed",
@@ -23,7 +36,51 @@ _COLUMNS = (
 )
 
 
+_events_per_second = bounded_float(
+    "a number of events per second", lambda v: 0 < v <= MAX_TUNE_RATE,
+    f"> 0 and at most {MAX_TUNE_RATE:,} (more never fits one API key's budget)",
+)
+_requests_per_second = bounded_float(
+    "a number of requests per second", lambda v: 0 < v < float("inf"), "> 0"
+)
+
+
+def add_tune(commands: Commands) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="recommend flush settings for your traffic (simulated, in virtual time)",
+        description="Simulate your traffic through the buffer's own pending store in "
+        "virtual time (seconds of wall time), sweep max_batch_size and flush_interval, and "
+        "print requests/s for the whole fleet, delivery delay (p50/p99/max), collapsed cart "
+        "updates, peak pending events and memory, and the recommended FlushSettings.",
+        epilog="Exit status: 0 a setting meets the limits (recommended), 1 none does (the "
+        "output says which limit and what would meet it), 2 usage error.",
+    )
+    tune.add_argument("--events-per-second", type=_events_per_second, required=True,
+                      metavar="R", help="events/s of the whole shop (all workers together)")
+    tune.add_argument("--cart-share", type=probability, default=0.3, metavar="F",
+                      help="share of the events that are cart updates (default 0.3)")
+    tune.add_argument("--carts", type=positive_int, default=None, metavar="N",
+                      help="active carts the updates spread over (default: each cart "
+                      "updated about every 30 s)")
+    tune.add_argument("--workers", type=positive_int, default=1, metavar="W",
+                      help="processes, each with its own buffer, sharing the traffic "
+                      "(default 1)")
+    tune.add_argument("--max-delay", type=seconds, default=10.0, metavar="S",
+                      help="p99 delivery delay allowed, in seconds (default 10)")
+    tune.add_argument("--max-requests-per-second", type=_requests_per_second, default=40.0,
+                      metavar="Q", help="the whole fleet's budget for the API key "
+                      "(default 40; Voyado asks for under 50)")
+    tune.add_argument("--request-time", type=seconds, default=0.05, metavar="SECONDS",
+                      help="how long one request takes, Voyado's answer included "
+                      "(default 0.05)")
+    tune.add_argument("--seed", type=int, default=0, help="random seed of the traffic")
+
+
 def run_tune(args: argparse.Namespace) -> int:
+    # Imported here, so that building the parser does not load the simulator.
+    from .._tune import Limits, Traffic, reason, recommend, settings_text, sweep, unmet
+
     traffic = Traffic(events_per_second=args.events_per_second, cart_share=args.cart_share,
                       carts=args.carts, workers=args.workers, seed=args.seed)
     limits = Limits(max_delay=args.max_delay,

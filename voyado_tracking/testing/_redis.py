@@ -1,15 +1,21 @@
-"""A throwaway redis-server on a free loopback port, for the fleet tests and benchmarks."""
+"""A throwaway ``redis-server`` on a free 127.0.0.1 port, for fleet-mode tests, benchmarks and
+demos: ``RedisServer(directory).start()``, then ``.url``, then ``.stop()``.
+
+It needs the ``redis-server`` executable, not the redis Python package: readiness is a raw
+``PING`` on the socket, so importing this module never imports redis.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import redis
+__all__ = ["RedisServer", "free_port"]
+
+_START_TIMEOUT = 10.0  # seconds for the server to answer PING
 
 
 def free_port() -> int:
@@ -20,7 +26,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` in *directory*; without persistence unless *persistent*."""
+    """``redis-server`` in *directory* on a free port; without persistence unless
+    *persistent* (append-only file, fsync on every write), so a restart keeps the data."""
 
     def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         executable = shutil.which("redis-server")
@@ -37,6 +44,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server (again, after :meth:`stop`, on the same port) and wait until it
+        answers; RuntimeError if it does not within 10 s."""
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.persistent else ["--appendonly", "no"]
@@ -47,21 +56,24 @@ class RedisServer:
              "--maxmemory-policy", "noeviction", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        # +PONG once ready; -LOADING while it reads its append-only file back.
         try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s); a no-op when it is not running."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -71,17 +83,9 @@ class RedisServer:
                 process.kill()
                 process.wait()
 
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
 
-def missing_reason() -> str | None:
-    """Why fleet tests cannot run here (None: they can); under CI a missing server fails."""
-    if shutil.which("redis-server") is not None:
-        return None
-    return (
-        "redis-server is not installed (Debian: apt-get install redis-server); "
-        "the fleet tests need a real Redis"
-    )
-
-
-def under_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
