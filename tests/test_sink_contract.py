@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from conftest import FAST_RETRY, cart, fast_settings, view
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import line_to_event
-from voyado_tracking.redis._stream import decode_entry
 from voyado_tracking.testing import FakeVoyado
 
 STREAM = "contract"
@@ -93,6 +91,10 @@ class OutboxCase(Case):
         return vt.RedisOutbox(self.closed, stream=STREAM, **options)
 
     async def delivered(self) -> list[vt.Cart | vt.ProductView]:
+        import redis.asyncio as aioredis  # the optional extra: only for this case
+
+        from voyado_tracking.redis._stream import decode_entry
+
         client = aioredis.from_url(self.url)
         try:
             entries = await client.xrange(STREAM)
