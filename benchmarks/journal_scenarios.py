@@ -43,7 +43,8 @@ def _journal(directory: str) -> Any:
 
 def write_journal(directory: Path, owner: str, n: int) -> float:
     """A journal file of a process that is gone, holding *n* views; bytes on disk per view."""
-    from voyado_tracking._journal_db import JournalFile, encode_views
+    from voyado_tracking._journal._body import encode_views
+    from voyado_tracking._journal._db import JournalFile
 
     file = JournalFile.create(directory, owner, synchronous="NORMAL", max_bytes=10**12)
     now = time.time()

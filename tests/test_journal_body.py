@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 import voyado_tracking as vt
-from voyado_tracking._journal_body import (
+from voyado_tracking._journal._body import (
     V1_MIGRATION,
     add_v1_functions,
     decode_cart,

@@ -12,9 +12,9 @@ import pytest
 from _journal_v1 import write_v1_journal
 
 import voyado_tracking as vt
-from voyado_tracking import _journal_db
-from voyado_tracking._journal_body import decode_cart, decode_view, encode_cart, encode_views
-from voyado_tracking._journal_db import (
+from voyado_tracking._journal import _db as _journal_db
+from voyado_tracking._journal._body import decode_cart, decode_view, encode_cart, encode_views
+from voyado_tracking._journal._db import (
     CorruptFile,
     ForeignFile,
     JournalFile,

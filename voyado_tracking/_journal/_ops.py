@@ -1,6 +1,6 @@
 """The journal writer's bookkeeping and what the loop and the writer thread say to each other.
 
-The loop talks to the writer through one deque (see ``_journal_writer``). On it: the events
+The loop talks to the writer through one deque (see ``_journal._writer``). On it: the events
 to write (a ``ProductView`` or ``Cart`` itself), :class:`Mark` objects for ``sync()``, and
 the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :class:`Want`),
 which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
@@ -8,10 +8,10 @@ events read from a :class:`Source`.
 
 Only the writer thread changes ``Rows`` and ``Step`` (the loop reads ``Rows.seqs`` at close
 and ``Mark`` flags). A view's row is its number among the views the writer took; the map is
-keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal_writer``).
+keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal._writer``).
 Everything here is bulk work in C-level calls where it can be: the writer shares the GIL with
 the loop. No module of the journal imports one that imports it back: this one needs only the
-files (``_journal_db``) and the models.
+files (``_journal._db``) and the models.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from ._journal_db import JournalFile
-from ._models import ProductView
-from ._wire import Event
+from .._models import ProductView
+from .._wire import Event
+from ._db import JournalFile
 
 __all__ = ["Delete", "Forget", "Loaded", "Mark", "Recovered", "Rows", "Source", "Step", "Want"]
 

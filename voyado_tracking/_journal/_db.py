@@ -17,7 +17,7 @@ Schema (``PRAGMA user_version`` is the format, ``application_id`` marks our file
 microseconds since the epoch, so that "latest wins" and "delete what was delivered" compare
 instants, not strings with offsets.
 
-``body`` is the event as JSON, written and read by ``_journal_body``: format 2 is an object
+``body`` is the event as JSON, written and read by ``_journal._body``: format 2 is an object
 keyed by field name, so a field added later needs no new format; a format-1 file (bodies as
 arrays in a frozen field order) is rewritten to format 2 when it is adopted, in the
 transaction that bumps its ``user_version``.
@@ -38,9 +38,8 @@ from typing import Final, NamedTuple
 
 import orjson
 
-# encode_views is imported from here by the benchmarks too.
-from ._journal_body import V1_MIGRATION, add_v1_functions, encode_views
-from ._models import Cart
+from .._models import Cart
+from ._body import V1_MIGRATION, add_v1_functions
 
 __all__ = [
     "FORMAT",
@@ -49,7 +48,6 @@ __all__ = [
     "ForeignFile",
     "JournalFile",
     "Row",
-    "encode_views",
     "instant_of",
     "journal_files",
     "private_directory",

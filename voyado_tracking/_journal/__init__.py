@@ -4,11 +4,11 @@
 :class:`Journaling` is the buffer's side of it, on the event loop: the buffer's intake
 appends each event to it before the store takes it, and as the buffer's :class:`Keeper` it
 hears from :class:`Outcomes` where events end (delivered, dead-lettered, dropped, kept at
-close, room freed). It talks to the writer thread (``_journal_writer``) through a deque,
+close, room freed). It talks to the writer thread (``_journal._writer``) through a deque,
 never touching SQLite itself; what it recovers goes into the store through ``Outcomes``.
 
 Rows and events: ``enqueue`` only appends the event to the writer's queue; the writer thread
-numbers the views and keeps the ``id(view) -> row`` map (see ``_journal_writer``). When events
+numbers the views and keeps the ``id(view) -> row`` map (see ``_journal._writer``). When events
 leave the buffer one ``Delete(events)`` op carries them to the writer; a cart's row is its
 ``cart_reference``, deleted up to the delivered instant so a newer pending update stays.
 
@@ -33,15 +33,15 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ._clock import Clock
-from ._errors import VoyadoError
-from ._journal_rows import Delete, Forget, Loaded, Mark, Recovered, Source, Want
-from ._journal_writer import Writer, post_to
-from ._models import Cart, ProductView
-from ._outcomes import Keeper, Outcomes
-from ._records import Marks
-from ._validators import attrs_int_at_least, attrs_positive
-from ._wire import Event
+from .._clock import Clock
+from .._errors import VoyadoError
+from .._models import Cart, ProductView
+from .._outcomes import Keeper, Outcomes
+from .._records import Marks
+from .._validators import attrs_int_at_least, attrs_positive
+from .._wire import Event
+from ._ops import Delete, Forget, Loaded, Mark, Recovered, Source, Want
+from ._writer import Writer, post_to
 
 __all__ = ["Journal", "Journaling"]
 

@@ -2,7 +2,7 @@
 
 The event loop talks to it through one ``deque`` (appends are atomic, so ``enqueue`` never
 takes a lock and does nothing else for the journal): events to write (a ``ProductView`` or
-``Cart`` itself), :class:`Mark` objects for ``sync()``, and the ops of ``_journal_rows``:
+``Cart`` itself), :class:`Mark` objects for ``sync()``, and the ops of ``_journal._ops``:
 deletions (:class:`Delete` for events that left the buffer, :class:`Recovered` for recovered
 views that did), :class:`Forget` for events whose rows stay at close, and :class:`Want` for
 recovered events. The thread drains it at most ``commit_interval`` apart, in one transaction
@@ -33,8 +33,10 @@ from itertools import groupby, repeat, starmap
 from pathlib import Path
 from typing import Any
 
-from ._journal_body import decode_cart, decode_view, encode_cart, encode_views
-from ._journal_db import (
+from .._models import Cart, ProductView
+from .._wire import Event
+from ._body import decode_cart, decode_view, encode_cart, encode_views
+from ._db import (
     CorruptFile,
     ForeignFile,
     JournalFile,
@@ -43,9 +45,7 @@ from ._journal_db import (
     journal_files,
     private_directory,
 )
-from ._journal_rows import Delete, Forget, Loaded, Mark, Recovered, Rows, Source, Step, Want
-from ._models import Cart, ProductView
-from ._wire import Event
+from ._ops import Delete, Forget, Loaded, Mark, Recovered, Rows, Source, Step, Want
 
 __all__ = ["Writer", "post_to"]
 

@@ -31,7 +31,7 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from ._models import Cart, CartItem, ProductView, Utm
+from .._models import Cart, CartItem, ProductView, Utm
 
 __all__ = ["V1_MIGRATION", "add_v1_functions", "decode_cart", "decode_view", "encode_cart",
            "encode_views"]
