@@ -43,8 +43,14 @@ def _journal(directory: str) -> Any:
 
 def write_journal(directory: Path, owner: str, n: int) -> float:
     """A journal file of a process that is gone, holding *n* views; bytes on disk per view."""
-    from voyado_tracking._journal._body import encode_views
-    from voyado_tracking._journal._db import JournalFile
+    try:
+        from voyado_tracking._journal._body import encode_views
+        from voyado_tracking._journal._db import JournalFile
+    except ImportError:  # a tree before the journal package (for --baseline runs)
+        from voyado_tracking._journal_db import (  # type: ignore[no-redef]
+            JournalFile,
+            encode_views,
+        )
 
     file = JournalFile.create(directory, owner, synchronous="NORMAL", max_bytes=10**12)
     now = time.time()
