@@ -53,14 +53,21 @@ class Keeper:
 
     __slots__ = ()
 
+    def left(self, events: list[Event]) -> None:
+        """*events* are done with, whichever way (what :meth:`sent`, :meth:`dead` and
+        :meth:`dropped` tell, unless overridden)."""
+
     def sent(self, events: list[Event]) -> None:
         """*events* were delivered (2xx)."""
+        self.left(events)
 
     def dead(self, events: list[Event], error: VoyadoError) -> None:
         """*events* were dead-lettered with *error*."""
+        self.left(events)
 
     def dropped(self, event: Event) -> None:
         """*event* left undelivered (dropped, or refused by a full store)."""
+        self.left([event])
 
     def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
         """At close (or when the client closed): keep what can be kept for a later delivery;

@@ -34,7 +34,6 @@ from typing import Any, Final, Literal
 import attrs
 
 from .._clock import Clock
-from .._errors import VoyadoError
 from .._models import Cart, ProductView
 from .._outcomes import Keeper, Outcomes
 from .._records import Marks
@@ -173,16 +172,7 @@ class Journaling(Keeper):
 
     # -- where events end (the Keeper of the buffer's Outcomes) --------------------------------
 
-    def sent(self, events: list[Event]) -> None:
-        self.resolved(events)
-
-    def dead(self, events: list[Event], error: VoyadoError) -> None:
-        self.resolved(events)
-
-    def dropped(self, event: Event) -> None:
-        self.resolved([event])
-
-    def resolved(self, events: list[Event]) -> None:
+    def left(self, events: list[Event]) -> None:
         """*events* left the buffer (sent, dead-lettered, dropped): delete their rows."""
         if self._recovered:
             events = self._pop_recovered(events, "recovered")
