@@ -48,6 +48,7 @@ from ._common import (
 from ._forward import add_forward, run_forward
 from ._progress import configure_logging, progress_mode
 from ._send import run_send
+from ._sendargs import add_send_limits
 
 __all__ = ["main"]
 
@@ -177,6 +178,7 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
                       "with send)")
     send.add_argument("--dry-run", action="store_true",
                       help="validate the file only: send nothing, no URL or key needed")
+    add_send_limits(send)
 
 
 def _add_fake_server(commands: Commands) -> None:
