@@ -278,3 +278,13 @@ async def test_the_spool_of_dead_letters_is_created_private(
     assert [line_to_event(line) for line in spool.read_bytes().splitlines()] == [view(2)]
     assert stat.S_IMODE(spool.stat().st_mode) == 0o600
 
+
+
+async def test_send_of_stdin_from_a_device_the_loop_cannot_poll_reads_it_to_its_end(
+    fake: FakeVoyado,
+) -> None:
+    """/dev/null (which epoll refuses) is read like a file: the command ends, exit 0."""
+    async with send("-", fake=fake) as process:  # stdin is /dev/null
+        returncode, out, err = await finish(process, timeout=30)
+    assert returncode == 0, err
+    assert summary(out)[0]["lines"] == 0

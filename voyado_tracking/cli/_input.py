@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,17 +98,18 @@ class Input:
     async def _reader(self) -> _Read:
         loop = asyncio.get_running_loop()
         fd = self._fd
-        if not self.regular:
+        if not self.regular and _pollable(fd):
             reader = asyncio.StreamReader(limit=_PIPE_CHUNK, loop=loop)
             pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
             try:
                 self._transport, _ = await loop.connect_read_pipe(
                     lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
                 )
-            except (OSError, ValueError):
-                pipe.close()  # e.g. /dev/null, which epoll refuses: read it in a thread
-            else:
-                return lambda: reader.read(_PIPE_CHUNK)
+            except BaseException:
+                pipe.close()
+                raise
+            return lambda: reader.read(_PIPE_CHUNK)
+        # A file, or a device the loop cannot wait on (/dev/null): reads that never block.
         os.set_blocking(fd, True)
         if not self.regular:
             return lambda: asyncio.to_thread(os.read, fd, _FILE_CHUNK)
@@ -156,6 +158,16 @@ class Input:
                 os.close(self._fd)
             else:
                 os.set_blocking(self._fd, self._was_blocking)
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can wait on *fd* (pipes, FIFOs, sockets, terminals can)."""
+    with selectors.DefaultSelector() as selector:
+        try:
+            selector.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def open_input(name: str, max_line_bytes: int) -> Input:
