@@ -19,7 +19,7 @@ from conftest import eventually
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import event_to_line, line_to_event
-from voyado_tracking.testing import FakeVoyado, Fault
+from voyado_tracking.testing import Chaos, FakeVoyado, Fault
 
 CONTACT = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 LINES = re.compile(
@@ -288,3 +288,24 @@ async def test_send_of_stdin_from_a_device_the_loop_cannot_poll_reads_it_to_its_
         returncode, out, err = await finish(process, timeout=30)
     assert returncode == 0, err
     assert summary(out)[0]["lines"] == 0
+
+
+async def test_a_stopped_send_journal_exits_143_and_leaves_what_it_holds_in_the_journal(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    fake.chaos(Chaos(error_rate=1.0))  # Voyado fails throughout: the events stay journaled
+    async with vt.TrackingClient(fake.url, fake.api_key) as client, vt.TrackingBuffer(
+        client, vt.FlushSettings(shutdown_timeout=0.2), journal=vt.Journal(tmp_path)
+    ) as buffer:
+        for n in range(3):
+            buffer.enqueue(view(n))
+        await buffer.sync()
+    sent_before = len(fake.requests)
+    async with send("--journal", str(tmp_path), "--shutdown-timeout", "1",
+                    fake=fake) as process:
+        await eventually(lambda: len(fake.requests) > sent_before, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        returncode, out, err = await finish(process, timeout=30)
+    assert returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    assert "left in the journal 3" in out
