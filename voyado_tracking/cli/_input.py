@@ -47,11 +47,13 @@ class Input:
         self._owned = owned
         status = os.fstat(fd)
         self.regular = stat.S_ISREG(status.st_mode)
-        self.size: int | None = (status.st_size or None) if self.regular else None
+        # A regular file is read with pread from here (stdin may start past 0), so a read
+        # cancelled by a signal loses nothing and the count of unread lines is exact.
+        self._offset = os.lseek(fd, 0, os.SEEK_CUR) if self.regular else 0
+        self.size: int | None = (status.st_size - self._offset or None) if self.regular else None
         # False when the count of unread lines ran out of time (it is then a lower bound).
         self.unread_exact = True
         self._was_blocking = os.get_blocking(fd)
-        self._offset = 0  # of a regular file: read with pread, so a cancelled read loses nothing
         self._transport: asyncio.ReadTransport | None = None
         # The current line's bytes so far, or None while a too-long line is being skipped.
         self._partial: bytearray | None = bytearray()
