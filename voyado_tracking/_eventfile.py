@@ -10,18 +10,17 @@ mark on the first line and blank lines are skipped; every other problem is an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from typing import IO, Final
+from collections.abc import Iterable
+from typing import Final
 
 import orjson
 
 from ._errors import InvalidEventError
 from ._wire import TYPE_NAMES, Event, event_from_wire, event_to_wire
 
-__all__ = ["append_events", "event_to_line", "line_to_event", "parse_line", "read_blocks"]
+__all__ = ["append_events", "event_to_line", "line_to_event", "parse_line"]
 
 _BOM: Final = b"\xef\xbb\xbf"
-_BLOCK_BYTES: Final = 1 << 20
 
 
 def event_to_line(event: Event, **extra: str) -> bytes:
@@ -60,13 +59,3 @@ def parse_line(raw: bytes, number: int) -> Event | None:
     if not raw.strip():
         return None
     return line_to_event(raw)
-
-
-def read_blocks(stream: IO[bytes]) -> Iterator[list[bytes]]:
-    """The lines of *stream* in blocks of about 1 MB (a caller on an event loop reads each
-    block in a thread)."""
-    while True:
-        block = stream.readlines(_BLOCK_BYTES)
-        if not block:
-            return
-        yield block

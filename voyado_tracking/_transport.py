@@ -5,6 +5,13 @@ buffers and forwarders alike, so they share one connection pool, one 429 pause a
 rate. aiohttp's exceptions are translated here and nowhere else (``_translate``): callers see
 only our exception tree. Response bodies are read with a bound: a huge answer, success or
 error, never grows memory by its size.
+
+A 2xx is a success whatever its body: Voyado's success bodies carry nothing we use, so they
+are read only to keep the connection reusable, never decoded. Bodies are asked for and read
+without content coding (``Accept-Encoding: identity``, aiohttp's decompression off), so a proxy
+that labels a plain body ``gzip`` or ``br`` cannot turn a delivered batch into an error and a
+retry (duplicates). An error body that comes compressed anyway is inflated for its message,
+within the same bound, when it is gzip or deflate.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import ipaddress
 import logging
 import re
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Final, Protocol
 
@@ -181,6 +189,8 @@ class Transport:
             "User-Agent": user_agent,
             "Content-Type": "application/json",
             "Accept": "application/json",
+            # Bodies are never decoded (see the module docstring): ask for them plain.
+            "Accept-Encoding": "identity",
         }
         self._base_url = str(base_url)
         self._urls: Final = {
@@ -237,7 +247,7 @@ class Transport:
         with _translate(url, self.timeout):
             async with session.post(
                 url, data=body, headers=self._headers, timeout=self._timeout,
-                allow_redirects=False,
+                allow_redirects=False, auto_decompress=False,
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
@@ -245,6 +255,7 @@ class Transport:
                 else:
                     raw = await response.content.read(_ERROR_BODY_BYTES)
                     retry_after_header = response.headers.get("Retry-After")
+                    coding = response.headers.get("Content-Encoding", "")
         log.debug("POST %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
         if 200 <= status < 300:
             return
@@ -254,8 +265,21 @@ class Transport:
                 DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else retry_after
             )
         # A gateway may echo request headers in its error page: never let the key through.
-        text = raw.decode("utf-8", "replace").replace(self._headers["apikey"], "***")
+        text = _inflate(raw, coding).decode("utf-8", "replace")
+        text = text.replace(self._headers["apikey"], "***")
         raise api_error(status, text, str(url), retry_after)
+
+
+def _inflate(raw: bytes, coding: str) -> bytes:
+    """The first bytes of a gzip or deflate error body, inflated; any other body as it came."""
+    coding = coding.strip().lower()
+    # gzip (or zlib) headers are detected; "deflate" may also be sent raw, without one.
+    for wbits in {"gzip": (47,), "x-gzip": (47,), "deflate": (47, -15)}.get(coding, ()):
+        try:
+            return zlib.decompressobj(wbits).decompress(raw, _ERROR_BODY_BYTES)
+        except zlib.error:
+            continue
+    return raw
 
 
 @contextlib.contextmanager

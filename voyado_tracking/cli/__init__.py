@@ -50,6 +50,7 @@ from ._fakeserver import add_fake_server
 from ._forward import add_forward, run_forward
 from ._progress import configure_logging, progress_mode, progress_options
 from ._send import run_send
+from ._sendargs import add_send_limits
 from ._tune import add_tune
 
 __all__ = ["main"]
@@ -88,7 +89,7 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
         "skipped; the others are sent.",
         epilog="The API key is best passed in VOYADO_API_KEY (a flag is visible to other "
         "users of the machine). Exit status: 0 all delivered, 1 some lines invalid or events "
-        "undelivered, 2 usage error.",
+        "undelivered, 2 usage error, 130 after SIGINT, 143 after SIGTERM.",
     )
     send.add_argument("file", metavar="FILE.jsonl", nargs="?",
                       help="event file, or - for stdin")
@@ -117,6 +118,7 @@ def _add_send(commands: Commands, progress: argparse.ArgumentParser) -> None:
                       "with send)")
     send.add_argument("--dry-run", action="store_true",
                       help="validate the file only: send nothing, no URL or key needed")
+    add_send_limits(send)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .. import BufferStats, Journal, TrackingBuffer, TrackingClient
 from .._wire import Event
-from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError, on_interrupt
+from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError
 from ._progress import progress, stats_text
-from ._sendargs import client_from_args, send_flush_settings
+from ._sendargs import client_from_args, send_flush_settings, stop_on_signals
 
 __all__ = ["run_send_journal"]
 
@@ -59,26 +59,25 @@ async def _deliver(
         stats = buffer.stats
         return stats.sent, None, f"recovered {stats.recovered}  {stats_text(stats)}"
 
-    interrupted = False
     async with progress(mode, "delivering the journal", poll, 2.0):
         flushing = asyncio.get_running_loop().create_task(buffer.flush())
-
-        def interrupt() -> None:
-            nonlocal interrupted
-            interrupted = True
-            flushing.cancel()
-
-        try:
-            with on_interrupt(interrupt):
+        # Through the shutdown too: a second signal must not cut the close short.
+        with stop_on_signals(lambda: _cancel(flushing)) as stop:
+            try:
                 await flushing
-        except asyncio.CancelledError:
-            if not interrupted:
-                raise
-            print(f"{PROG}: interrupted; what is not delivered stays in the journal",
-                  file=sys.stderr)
-        finally:
-            await buffer.aclose(timeout=settings.shutdown_timeout)
-    return _report(buffer.stats, journal, dead)
+            except asyncio.CancelledError:
+                if stop.signal is None:
+                    raise
+                print(f"{PROG}: stopped by {stop.signal.name}; what is not delivered stays in "
+                      "the journal", file=sys.stderr)
+            finally:
+                await buffer.aclose(timeout=settings.shutdown_timeout)
+    status = _report(buffer.stats, journal, dead)
+    return status if stop.exit_status is None else stop.exit_status
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 def _report(stats: BufferStats, journal: Journal, dead: list[tuple[Event, str]]) -> int:

@@ -1,15 +1,90 @@
 """What ``send FILE.jsonl`` and ``send --journal DIR`` share: the client and the buffer
-settings their flags (and ``VOYADO_BASE_URL`` / ``VOYADO_API_KEY``) describe."""
+settings their flags (and ``VOYADO_BASE_URL`` / ``VOYADO_API_KEY``) describe, their limits,
+and how a signal stops them.
+
+SIGINT or SIGTERM stops reading at once; what is queued then gets ``--shutdown-timeout``
+seconds to be delivered, the rest is spooled (or left in the journal), and the command exits
+128 + the signal's number: 130 after SIGINT, 143 after SIGTERM. A second signal while it
+shuts down does not cut that short (the timeout bounds it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Final
 
 from .. import FlushSettings, RetryPolicy, TrackingClient
-from ._common import UsageError
+from ._common import PROG, UsageError, positive_int, seconds
 
-__all__ = ["client_from_args", "send_flush_settings"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "Stop",
+    "add_send_limits",
+    "client_from_args",
+    "send_flush_settings",
+    "stop_on_signals",
+]
+
+DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 5.0
+
+
+def add_send_limits(send: argparse.ArgumentParser) -> None:
+    """The options of ``send`` that bound its memory and its shutdown."""
+    send.add_argument(
+        "--max-line-bytes", type=positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N",
+        help="skip (and report by line number) lines longer than N bytes, without holding "
+        f"them in memory (default {DEFAULT_MAX_LINE_BYTES}, 1 MiB)",
+    )
+    send.add_argument(
+        "--shutdown-timeout", type=seconds, default=DEFAULT_SHUTDOWN_TIMEOUT, metavar="SECONDS",
+        help="after SIGINT or SIGTERM (or at the end), deliver for at most this long, then "
+        "spool the rest; a signal exits 130 (SIGINT) or 143 (SIGTERM) "
+        f"(default {DEFAULT_SHUTDOWN_TIMEOUT:g})",
+    )
+
+
+class Stop:
+    """The first SIGINT or SIGTERM that stopped a command (None: none came)."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.signal is None else 128 + int(self.signal)
+
+
+@contextlib.contextmanager
+def stop_on_signals(on_stop: Callable[[], None]) -> Iterator[Stop]:
+    """Call *on_stop* on the first SIGINT or SIGTERM while the block runs; later ones are
+    noted, not obeyed, so the shutdown that follows finishes (within its timeout)."""
+    loop = asyncio.get_running_loop()
+    stop = Stop()
+
+    def handle(sig: signal.Signals) -> None:
+        if stop.signal is None:
+            stop.signal = sig
+            on_stop()
+        else:
+            print(f"{PROG}: {sig.name}: already stopping", file=sys.stderr)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handle, sig)
+    try:
+        yield stop
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 def _connection(args: argparse.Namespace) -> tuple[str, str]:
@@ -56,5 +131,5 @@ def send_flush_settings(args: argparse.Namespace) -> FlushSettings:
             max_backoff=max(min(30.0, args.retry_for), min(1.0, args.retry_for)),
             max_elapsed=args.retry_for,
         ),
-        shutdown_timeout=5.0,
+        shutdown_timeout=args.shutdown_timeout,
     )

@@ -10,19 +10,26 @@ so the pause Voyado asked for holds every forwarder and client that uses the sam
 slot reserved before a pause began is checked again once waited for: it is stale if a
 pause started meanwhile, and a new one is taken after the pause.
 
-Redis unreachable: ``acquire`` raises :class:`TransportError` (retriable, no request is
-sent) rather than sending outside the shared budget.
+Redis failing in any way (unreachable, full under ``maxmemory`` with ``noeviction``, a
+read-only replica after a failover, a script error): ``acquire`` raises
+:class:`TransportError` (retriable, no request is sent) rather than sending outside the shared
+budget (``_translate``), and ``pause`` logs that the pause could not be shared. No exception
+of the redis package leaves this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Final
+
+import redis.exceptions
 
 from .._errors import RateLimitError, TransportError
 from .._validators import check_positive
-from ._stream import REDIS_ERRORS, RedisUrl, close_client, connect
+from ._stream import RedisUrl, close_client, connect
 
 __all__ = ["RedisRateLimiter", "key_for"]
 
@@ -69,6 +76,9 @@ return 0
 """
 
 _MAX_PAUSE: Final = 3600.0
+# Everything a call to Redis can fail with: not only a lost connection but every refusal
+# (OutOfMemoryError, ReadOnlyError, a script error are all RedisErrors).
+_REDIS_FAILURES: Final = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
 
 def key_for(identity: str) -> str:
@@ -116,10 +126,8 @@ class RedisRateLimiter:
     async def acquire(self, max_pause: float | None) -> None:
         keys = self._keys()
         while True:
-            try:
+            with _translate():
                 paused, wait_us = await self._acquire(keys=keys, args=[self._interval_us])
-            except REDIS_ERRORS as error:
-                raise _unreachable(error) from None
             wait = int(wait_us) / 1_000_000
             if int(paused):
                 if max_pause is not None and wait > max_pause:
@@ -133,21 +141,19 @@ class RedisRateLimiter:
                 return
             await asyncio.sleep(wait)
             # A pause that began while we waited for our slot makes the slot stale.
-            try:
+            with _translate():
                 left = int(await self._remaining(keys=keys[1:]))
-            except REDIS_ERRORS as error:
-                raise _unreachable(error) from None
             if not left:
                 return
 
     async def pause(self, seconds: float) -> None:
         micros = round(min(max(seconds, 0.0), _MAX_PAUSE) * 1_000_000)
+        keys = self._keys()[1:]
         try:
-            await self._pause(keys=self._keys()[1:], args=[micros])
-        except REDIS_ERRORS as error:
+            await self._pause(keys=keys, args=[micros])
+        except _REDIS_FAILURES as error:
             # The 429 is still raised to the sender, which backs off on its own.
-            log.warning("could not share a 429 pause: Redis unreachable (%s)",
-                        type(error).__name__)
+            log.warning("could not share a 429 pause: %s", _describe(error))
 
     async def aclose(self) -> None:
         """Close the Redis connection pool (a client passed in is left open)."""
@@ -155,8 +161,21 @@ class RedisRateLimiter:
             await close_client(self._redis)
 
 
-def _unreachable(error: BaseException) -> TransportError:
-    return TransportError(
-        f"rate limiter: Redis unreachable ({type(error).__name__}); not sent"
-    )
+@contextlib.contextmanager
+def _translate() -> Iterator[None]:
+    """Redis's failures, as our retriable TransportError (the only place that does this)."""
+    try:
+        yield
+    except _REDIS_FAILURES as error:
+        raise TransportError(f"rate limiter: {_describe(error)}; not sent") from None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                          OSError, asyncio.TimeoutError)):
+        return f"Redis unreachable ({type(error).__name__})"
+    # A refusal: its first line says why (full, read-only), e.g. "command not allowed when
+    # used memory > 'maxmemory'". Redis's messages carry no credentials.
+    reason = (str(error).splitlines() or [""])[0][:200]
+    return f"Redis refused the request ({type(error).__name__}: {reason})"
 
