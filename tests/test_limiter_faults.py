@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from _redisserver import RedisServer, free_port, missing_reason, under_ci
-from conftest import fast_settings, view
+from conftest import fast_settings, missing_reason, under_ci, view
 
 import voyado_tracking as vt
 from voyado_tracking.testing import FakeVoyado, Fault
+from voyado_tracking.testing._redis import RedisServer, free_port
 
 pytestmark = pytest.mark.fleet
 

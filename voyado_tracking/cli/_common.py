@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Final, NamedTuple, TypeAlias
 
@@ -18,15 +19,16 @@ __all__ = [
     "EXIT_USAGE",
     "PROG",
     "Commands",
+    "Stop",
     "UsageError",
     "VoyadoEnvironment",
     "bounded_float",
     "non_negative",
-    "on_interrupt",
     "per_second",
     "positive_int",
     "probability",
     "seconds",
+    "stop_on_signals",
     "voyado_environment",
 ]
 
@@ -63,17 +65,39 @@ def voyado_environment() -> VoyadoEnvironment:
     )
 
 
+class Stop:
+    """The first SIGINT or SIGTERM that stopped a command (None: none came)."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.signal is None else 128 + int(self.signal)
+
+
 @contextlib.contextmanager
-def on_interrupt(handler: Callable[[], None]) -> Iterator[None]:
-    """Call *handler* on SIGINT or SIGTERM while the block runs (where the loop can)."""
+def stop_on_signals(on_stop: Callable[[], None]) -> Iterator[Stop]:
+    """Call *on_stop* on the first SIGINT or SIGTERM while the block runs; later ones are
+    noted, not obeyed, so the shutdown that follows finishes (within its timeout)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    stop = Stop()
+
+    def handle(sig: signal.Signals) -> None:
+        if stop.signal is None:
+            stop.signal = sig
+            on_stop()
+        else:
+            print(f"{PROG}: {sig.name}: already stopping", file=sys.stderr)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(sig, handle, sig)
     try:
-        yield
+        yield stop
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 

@@ -22,9 +22,9 @@ from ._common import (
     Commands,
     UsageError,
     non_negative,
-    on_interrupt,
     positive_int,
     probability,
+    stop_on_signals,
 )
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ async def run_fake_server(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
     stop = asyncio.Event()
     try:
-        with on_interrupt(stop.set):
+        with stop_on_signals(stop.set):
             print(f"VOYADO_BASE_URL={fake.url} VOYADO_API_KEY={fake.api_key}", flush=True)
             print(f"{PROG}: FakeVoyado listening (what it received: GET {fake.url}"
                   f"{STATE_PATH}); Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -21,9 +21,9 @@ from ._common import (
     Commands,
     UsageError,
     VoyadoEnvironment,
-    on_interrupt,
     per_second,
     seconds,
+    stop_on_signals,
     voyado_environment,
 )
 
@@ -70,7 +70,7 @@ async def run_forward(args: argparse.Namespace) -> int:
     ) as forwarder:
         print(f"forwarding {args.stream} (group {args.group}, consumer {forwarder.consumer})",
               file=sys.stderr, flush=True)
-        with on_interrupt(stop.set):
+        with stop_on_signals(stop.set):
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.stats_interval)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .. import BufferStats, Journal, TrackingBuffer, TrackingClient
 from .._wire import Event
-from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError
+from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError, stop_on_signals
 from ._progress import progress, stats_text
-from ._sendargs import client_from_args, send_flush_settings, stop_on_signals
+from ._sendargs import client_from_args, send_flush_settings
 
 __all__ = ["run_send_journal"]
 

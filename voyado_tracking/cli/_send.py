@@ -30,10 +30,10 @@ import attrs
 from .. import BufferStats, Cart, InvalidEventError, TrackingBuffer, TrackingClient
 from .._eventfile import append_events, parse_line
 from .._wire import Event
-from ._common import EXIT_FAILED, EXIT_OK, PROG, UsageError
+from ._common import EXIT_FAILED, EXIT_OK, PROG, Stop, UsageError, stop_on_signals
 from ._input import TOO_LONG, Input, open_input
 from ._progress import progress, stats_text
-from ._sendargs import Stop, client_from_args, send_flush_settings, stop_on_signals
+from ._sendargs import client_from_args, send_flush_settings
 
 __all__ = ["run_send"]
 

@@ -11,24 +11,16 @@ shuts down does not cut that short (the timeout bounds it).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import os
-import signal
-import sys
-from collections.abc import Callable, Iterator
 from typing import Final
 
 from .. import FlushSettings, RetryPolicy, TrackingClient
-from ._common import PROG, UsageError, positive_int, seconds
+from ._common import UsageError, positive_int, seconds, voyado_environment
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
-    "Stop",
     "add_send_limits",
     "client_from_args",
     "send_flush_settings",
-    "stop_on_signals",
 ]
 
 DEFAULT_MAX_LINE_BYTES: Final = 1 << 20
@@ -50,46 +42,10 @@ def add_send_limits(send: argparse.ArgumentParser) -> None:
     )
 
 
-class Stop:
-    """The first SIGINT or SIGTERM that stopped a command (None: none came)."""
-
-    def __init__(self) -> None:
-        self.signal: signal.Signals | None = None
-
-    @property
-    def exit_status(self) -> int | None:
-        return None if self.signal is None else 128 + int(self.signal)
-
-
-@contextlib.contextmanager
-def stop_on_signals(on_stop: Callable[[], None]) -> Iterator[Stop]:
-    """Call *on_stop* on the first SIGINT or SIGTERM while the block runs; later ones are
-    noted, not obeyed, so the shutdown that follows finishes (within its timeout)."""
-    loop = asyncio.get_running_loop()
-    stop = Stop()
-
-    def handle(sig: signal.Signals) -> None:
-        if stop.signal is None:
-            stop.signal = sig
-            on_stop()
-        else:
-            print(f"{PROG}: {sig.name}: already stopping", file=sys.stderr)
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, handle, sig)
-    try:
-        yield stop
-    finally:
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-
-
 def _connection(args: argparse.Namespace) -> tuple[str, str]:
-    base_url = args.base_url or os.environ.get("VOYADO_BASE_URL", "")
-    api_key = args.api_key or os.environ.get("VOYADO_API_KEY", "")
+    env = voyado_environment()
+    base_url = args.base_url or env.base_url
+    api_key = args.api_key or env.api_key
     missing = [
         what
         for what, value in (("--base-url or VOYADO_BASE_URL", base_url),
