@@ -65,23 +65,23 @@ class SoftLogin:
     key: str | None = None
 
 
-_algorithm: Any = None
-_modes: Any = None
+_crypto_names: tuple[Any, Any, Any] | None = None
 _ciphers: dict[str, Any] = {}
 
 
-def _crypto() -> tuple[Any, Any]:
-    global _algorithm, _modes
-    if _algorithm is None:
+def _crypto() -> tuple[Any, Any, Any]:
+    """cryptography's ``Cipher``, ``AES`` and ``CBC``, imported on first use."""
+    global _crypto_names
+    if _crypto_names is None:
         try:
-            from cryptography.hazmat.primitives.ciphers import algorithms, modes
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
         except ImportError:
             raise ImportError(
                 "decoding eclub soft-login tokens needs the cryptography package: "
                 "pip install 'voyado-tracking[eclub]'"
             ) from None
-        _algorithm, _modes = algorithms.AES, modes
-    return _algorithm, _modes
+        _crypto_names = (Cipher, algorithms.AES, modes.CBC)
+    return _crypto_names
 
 
 def check_key(key: object) -> str:
@@ -98,7 +98,7 @@ def _cipher(key: str) -> Any:
     # cost of a decode.
     cipher = _ciphers.get(key)
     if cipher is None:
-        algorithm, _ = _crypto()
+        _, algorithm, _ = _crypto()
         if len(_ciphers) > 16:
             _ciphers.clear()
         cipher = _ciphers[key] = algorithm(key.encode("ascii"))
@@ -118,10 +118,8 @@ def _unbase64(token: str) -> bytes:
 
 
 def _decrypt(raw: bytes, key: str) -> bytes:
-    from cryptography.hazmat.primitives.ciphers import Cipher
-
-    _, modes = _crypto()
-    decryptor = Cipher(_cipher(key), modes.CBC(raw[:16])).decryptor()
+    cipher, _, cbc = _crypto()
+    decryptor = cipher(_cipher(key), cbc(raw[:16])).decryptor()
     plain: bytes = decryptor.update(raw[16:]) + decryptor.finalize()
     pad = plain[-1]
     # Bad padding reads exactly like bad JSON or a missing contact id: one message.
