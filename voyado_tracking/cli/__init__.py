@@ -208,6 +208,10 @@ def _add_fake_server(commands: Commands) -> None:
     fake.add_argument("--rate-limit", type=positive_int, default=None, metavar="N",
                       help="answer 429 + Retry-After to requests beyond N in any one-second "
                       "window, like Voyado's per-key limit (default: no limit)")
+    fake.add_argument("--contacts", metavar="FILE",
+                      help="contacts for the lookup endpoint GET /api/v3/contacts/id: JSON "
+                      "Lines, one object a line with any of contactId, email, mobilePhone, "
+                      "socialSecurityNumber, customKey, contactType")
     fake.add_argument("--dump", metavar="FILE",
                       help="on exit (Ctrl-C or SIGTERM), write what the fake received to FILE "
                       "as JSON: the same data as GET /_fake/state while it runs")

@@ -148,7 +148,7 @@ class ContactBook:
         return fake._fault_response(fault)
 
 
-def load_contacts(lines: Iterable[str]) -> list[dict[str, Any]]:
+def load_contacts(lines: Iterable[str]) -> list[dict[str, str]]:
     """Contacts from JSON Lines (one object a line, blank lines skipped): ``contactId``
     (optional), ``email``, ``mobilePhone``, ``socialSecurityNumber``, ``customKey``,
     ``contactType``; the keyword arguments of :meth:`ContactBook.add_contact`. Raises
