@@ -84,12 +84,11 @@ async def test_lookups_counts_every_lookup_answered(fake: FakeVoyado) -> None:
 
 
 async def test_lookups_share_the_rate_limit_window_with_tracking() -> None:
-    async with FakeVoyado(rate_limit=2) as fake:
-        async with vt.TrackingClient(fake.url, fake.api_key,
-                                     max_requests_per_second=None) as client:
-            await client.register_product_view(vt.ProductView("SKU-1", CONTACT))
-            await _get(fake, {"email": "a@x.se"})
-            status, _ = await _get(fake, {"email": "a@x.se"})
+    async with FakeVoyado(rate_limit=2) as fake, vt.TrackingClient(fake.url, fake.api_key,
+                                 max_requests_per_second=None) as client:
+        await client.register_product_view(vt.ProductView("SKU-1", CONTACT))
+        await _get(fake, {"email": "a@x.se"})
+        status, _ = await _get(fake, {"email": "a@x.se"})
     assert status == 429
     assert fake.lookups == 1
 

@@ -60,7 +60,9 @@ def test_vai_beats_the_server_cookie() -> None:
     assert (identity.contact_id, identity.source) == (A, "cookie")
 
 
-@pytest.mark.parametrize("junk", ["", "undefined", "null", "0", A[:-1], A + "x", " " + A, SHORT[1:]])
+@pytest.mark.parametrize(
+    "junk", ["", "undefined", "null", "0", A[:-1], A + "x", " " + A, SHORT[1:]]
+)
 def test_junk_values_are_skipped_silently(junk: str) -> None:
     assert vt.identify({"vtid": junk}, {"_vaI": junk, "_vaI_server": junk},
                        contact_id=junk) is None

@@ -43,9 +43,9 @@ async def test_simulated_visits_get_the_right_contact_with_one_lookup_per_email(
             for start in range(0, len(visits), 100):  # 100 requests in flight at a time
                 found += await asyncio.gather(
                     *(_identify(v, cache) for v in visits[start:start + 100]))
-    wrong = [(v.kind, got) for v, got in zip(visits, found) if got != v.expected]
+    wrong = [(v.kind, got) for v, got in zip(visits, found, strict=True) if got != v.expected]
     assert wrong == []
-    assert all(got is None for v, got in zip(visits, found) if v.kind == "junk")
+    assert all(got is None for v, got in zip(visits, found, strict=True) if v.kind == "junk")
     emails = {v.email.strip().lower() for v in visits if v.email is not None}
     assert 150 < len(emails) <= 207
     assert fake.lookups == len(emails)
@@ -74,10 +74,10 @@ async def test_tracking_and_lookups_share_one_in_process_budget() -> None:
     arrival jitter), and all 100 requests take (100 - rate) / rate seconds or more. Were
     lookups outside the bucket, they would go at once and the span would be far shorter."""
     rate = 40
-    async with FakeVoyado(rate_limit=2 * rate + 2) as fake:
-        async with vt.TrackingClient(fake.url, fake.api_key,
-                                     max_requests_per_second=rate) as client:
-            await _tracking_and_lookups(fake, client, client)
+    async with FakeVoyado(rate_limit=2 * rate + 2) as fake, vt.TrackingClient(
+        fake.url, fake.api_key, max_requests_per_second=rate
+    ) as client:
+        await _tracking_and_lookups(fake, client, client)
     times = sorted(r.at for r in fake.requests)
     assert len(times) == 100
     assert not any(r.rate_limited for r in fake.requests)

@@ -124,7 +124,8 @@ async def look_up(client: vt.TrackingClient, fake: FakeVoyado) -> str | None:
     except vt.MultipleMatchesError:
         return None
     hits: int = cache.stats.hits
-    assert found == cached == contact and hits == 0
+    assert found == cached == contact
+    assert hits == 0
     assert soft_login(make_eclub(contact, ECLUB_KEY)) == contact
     return found
 

@@ -18,7 +18,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import orjson
