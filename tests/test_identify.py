@@ -5,8 +5,11 @@ from __future__ import annotations
 import pickle
 import uuid
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import MultiDict
 
 import voyado_tracking as vt
@@ -216,3 +219,20 @@ def test_identify_works_without_cryptography_installed() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+_NAMES = st.sampled_from(["vtid", "eclub", "eClub", "_vaI", "_vaI_server", "page", "color"])
+_VALUES = st.sampled_from([A, B, SHORT, "", "undefined", "null", A.upper(), "x" * 22 + "!"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=st.dictionaries(_NAMES, _VALUES, max_size=4),
+       cookies=st.dictionaries(_NAMES, _VALUES, max_size=4),
+       eclub=st.booleans())
+def test_the_plain_dict_fast_path_decides_like_the_general_path(
+    query: dict[str, str], cookies: dict[str, str], eclub: bool
+) -> None:
+    """A mappingproxy is not a dict, so it takes the general path."""
+    key = KEY if eclub else None
+    assert vt.identify(query, cookies, eclub_key=key) == vt.identify(
+        MappingProxyType(query), MappingProxyType(cookies), eclub_key=key)

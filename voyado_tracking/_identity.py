@@ -177,8 +177,18 @@ def identify(
     shared soft-login key (``eclub`` tokens are ignored without it) and *eclub_max_age* the
     oldest link, in seconds, to accept. Pure: no I/O, no clock unless an ``eclub`` is read.
     """
-    # The common request, plain dicts and a returning visitor, runs inline: it is the
-    # per-request cost (benchmarks/identify.py holds it next to a hand-written check).
+    # The common request first, inline: plain dicts, a returning visitor with _vaI, no site
+    # id, no vtid and no query name of eclub's length (`5 in map(len, query)` scans the
+    # names in C). It is the per-request cost; benchmarks/identify.py holds it next to the
+    # hand-written check. Anything else takes the general path below, which decides alike.
+    if (
+        contact_id is None and type(query) is dict and type(cookies) is dict
+        and "vtid" not in query and (eclub_key is None or 5 not in map(len, query))
+    ):
+        cookie = cookies.get(VOYADO_COOKIE)
+        if type(cookie) is str and _valid(cookie):
+            needs = cookies.get(SERVER_COOKIE) != cookie
+            return _make(Identity, (cookie, "cookie", needs))
     if type(cookies) is dict:
         cookie = cookies.get(VOYADO_COOKIE)
         if not (type(cookie) is str and _valid(cookie)):
