@@ -90,29 +90,44 @@ async def find_contact_id(
     slot_timeout: float | None = None,
     on_send: Callable[[], None] | None = None,
 ) -> str | None:
-    """Look a contact up, retrying as *policy* allows; None when Voyado knows none (404).
+    """Look a contact up, retrying as the client's policy allows; None when Voyado knows
+    none (404).
 
-    *max_pause*: the longest 429 pause to wait out (a longer one raises RateLimitError).
+    *max_pause*: the longest 429 pause to wait for; *slot_timeout*: the longest wait for a
+    request slot. When the rate limiter refuses (RateLimitError before anything was sent),
+    that is final: retrying would wait longer than the caller allowed.
     """
     transport, policy = client.transport, client.retry
     started = time.monotonic()
     attempts = 0
+    sent = False
+
+    def sending() -> None:
+        nonlocal sent
+        sent = True
+        if on_send is not None:
+            on_send()
+
     while True:
         attempts += 1
+        sent = False
         try:
             raw = await transport.get(LOOKUP, params, max_pause=max_pause,
-                                      slot_timeout=slot_timeout, on_send=on_send)
-            return _parse(raw, client.base_url + LOOKUP)
+                                      slot_timeout=slot_timeout, on_send=sending)
         except ApiError as error:
             if error.status == 404:
                 return None
             if error.status == 409:
                 raise MultipleMatchesError(409, error.body, endpoint=error.endpoint) from None
+            if isinstance(error, RateLimitError) and not sent:
+                raise
             failure: VoyadoError = error
         except VoyadoError as error:
             failure = error
+        else:
+            return _parse(raw, client.base_url + LOOKUP)
         if isinstance(failure, RateLimitError) and (failure.retry_after or 0.0) > max_pause:
-            raise failure
+            raise failure  # Voyado asked for a longer pause than the caller will wait
         wait = policy.next_wait(failure, attempts, time.monotonic() - started, patient=False)
         if wait is None:
             raise failure
