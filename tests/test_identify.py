@@ -106,6 +106,20 @@ def test_a_getlist_mapping_has_every_value_tried() -> None:
     assert identity.contact_id == A
 
 
+def test_the_raw_cookie_header_is_read_like_parsed_cookies() -> None:
+    header = f'shop=1; _vaI="{A}"; _ga=GA1.1; _vaI_server={B}'
+    assert vt.identify({}, header) == vt.Identity(A, "cookie", needs_server_cookie=True)
+
+
+def test_the_raw_cookie_header_matches_whole_names_only() -> None:
+    assert vt.identify({}, f"x_vaI={A}; my_vaI_server={B}") is None
+
+
+def test_every_value_of_a_cookie_in_the_raw_header_is_tried() -> None:
+    identity = vt.identify({}, f"_vaI=undefined; _vaI={A}; _vaI_server={A}")
+    assert identity == vt.Identity(A, "cookie")
+
+
 def test_eclub_is_ignored_without_a_key() -> None:
     assert vt.identify({"eclub": make_eclub(B, KEY)}, {}) is None
 
@@ -232,7 +246,9 @@ _VALUES = st.sampled_from([A, B, SHORT, "", "undefined", "null", A.upper(), "x" 
 def test_the_plain_dict_fast_path_decides_like_the_general_path(
     query: dict[str, str], cookies: dict[str, str], eclub: bool
 ) -> None:
-    """A mappingproxy is not a dict, so it takes the general path."""
+    """Mappingproxy cookies are neither a dict nor a header: they take the general path."""
     key = KEY if eclub else None
-    assert vt.identify(query, cookies, eclub_key=key) == vt.identify(
-        MappingProxyType(query), MappingProxyType(cookies), eclub_key=key)
+    general = vt.identify(MappingProxyType(query), MappingProxyType(cookies), eclub_key=key)
+    assert vt.identify(query, cookies, eclub_key=key) == general
+    header = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    assert vt.identify(query, header, eclub_key=key) == general
