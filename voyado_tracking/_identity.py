@@ -37,6 +37,8 @@ Source = Literal["site", "eclub", "vtid", "cookie", "server_cookie"]
 SOURCES: Final = ("site", "eclub", "vtid", "cookie", "server_cookie")
 VOYADO_COOKIE: Final = "_vaI"
 SERVER_COOKIE: Final = "_vaI_server"
+_VAI_KEY: Final = VOYADO_COOKIE + "="
+_SERVER_KEY: Final = SERVER_COOKIE + "="
 # One year, as Voyado recommends for the server-set copy of _vaI.
 _SERVER_COOKIE_MAX_AGE: Final = 31_536_000
 
@@ -105,6 +107,35 @@ def _identity(contact_id: str, source: Source, needs_server_cookie: bool) -> Ide
     return identity
 
 
+def _next_cookie(header: str, key: str, at: int) -> int:
+    """Where the value of the next cookie named *key* (``"name="``) starts in a raw
+    ``Cookie`` header, searching from *at*; -1 when there is none. Whole names only: a
+    ``_vaI=`` inside ``x_vaI=`` does not count."""
+    at = header.find(key, at)
+    while at != -1:
+        before = at - 1
+        while before >= 0 and header[before] in " \t":
+            before -= 1
+        if before < 0 or header[before] == ";":
+            return at + len(key)
+        at = header.find(key, at + 1)
+    return -1
+
+
+def _cookie_value(header: str, start: int) -> str:
+    end = header.find(";", start)
+    return (header[start:] if end == -1 else header[start:end]).strip(' \t"')
+
+
+def _header_holds(header: str, key: str, value: str) -> bool:
+    at = _next_cookie(header, key, 0)
+    while at != -1:
+        if _cookie_value(header, at) == value:
+            return True
+        at = _next_cookie(header, key, at)
+    return False
+
+
 class _CookieHeader:
     """A raw ``Cookie`` header read as a multi-dict, for the names identify() asks about.
 
@@ -120,16 +151,10 @@ class _CookieHeader:
     def getall(self, name: str, default: Iterable[str] = ()) -> list[str]:
         header, key = self._header, name + "="
         values = []
-        at = header.find(key)
+        at = _next_cookie(header, key, 0)
         while at != -1:
-            before = at - 1
-            while before >= 0 and header[before] in " \t":
-                before -= 1
-            if before < 0 or header[before] == ";":  # a whole name, not "x_vaI="
-                end = header.find(";", at)
-                value = header[at + len(key):] if end == -1 else header[at + len(key):end]
-                values.append(value.strip(' \t"'))
-            at = header.find(key, at + 1)
+            values.append(_cookie_value(header, at))
+            at = _next_cookie(header, key, at)
         return values
 
 
@@ -220,12 +245,14 @@ def identify(
             if type(cookie) is str and _valid(cookie):
                 needs = cookies.get(SERVER_COOKIE) != cookie
                 return _make(Identity, (cookie, "cookie", needs))
-        elif type(cookies) is str:
-            header = _CookieHeader(cookies)
-            for cookie in header.getall(VOYADO_COOKIE):
+        elif type(cookies) is str:  # the raw header: no object, no list per request
+            at = _next_cookie(cookies, _VAI_KEY, 0)
+            while at != -1:
+                cookie = _cookie_value(cookies, at)
                 if _valid(cookie):
-                    needs = cookie not in header.getall(SERVER_COOKIE)
+                    needs = not _header_holds(cookies, _SERVER_KEY, cookie)
                     return _make(Identity, (cookie, "cookie", needs))
+                at = _next_cookie(cookies, _VAI_KEY, at)
     if type(cookies) is str:
         cookies = _CookieHeader(cookies)  # type: ignore[assignment]
     if type(cookies) is dict:
