@@ -12,7 +12,7 @@ the hand-written check a shop would write without the library::
 
 It neither tries ``eclub``, nor every value of a multi-dict, nor says whether the server
 cookie is needed, nor builds an object: the difference is what those cost. One round times
-every case once (best of 3 repeats of N calls), in an order that rotates between rounds, so
+every case once (best of 5 repeats of N calls), in an order that rotates between rounds, so
 the noise of a shared machine hits every case alike; cells are medians over the rounds, with
 their range. ``decode_eclub`` needs ``cryptography`` (the ``eclub`` extra).
 """
@@ -95,7 +95,7 @@ def measure(rounds: int, calls: int) -> dict[str, list[float]]:
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
             n = calls // 20 if name == "eclub" else calls
-            best = min(timeit.repeat(table[name], number=n, repeat=3))
+            best = min(timeit.repeat(table[name], number=n, repeat=5))
             results[name].append(best / n * 1e6)
     return results
 

@@ -24,6 +24,7 @@ and lives in ``_contacts`` (``ContactCache``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import product
 from operator import itemgetter
 from typing import Any, Final, Literal
 from uuid import UUID
@@ -37,6 +38,10 @@ Source = Literal["site", "eclub", "vtid", "cookie", "server_cookie"]
 SOURCES: Final = ("site", "eclub", "vtid", "cookie", "server_cookie")
 VOYADO_COOKIE: Final = "_vaI"
 SERVER_COOKIE: Final = "_vaI_server"
+# "eclub" in every mix of cases (Voyado writes "eClub"): one set lookup per query name.
+_ECLUB_NAMES: Final = frozenset(
+    "".join(chars) for chars in product(*((c, c.upper()) for c in "eclub"))
+)
 _VAI_KEY: Final = VOYADO_COOKIE + "="
 _SERVER_KEY: Final = SERVER_COOKIE + "="
 # One year, as Voyado recommends for the server-set copy of _vaI.
@@ -191,12 +196,8 @@ def _held(mapping: Any, name: str, contact_id: str) -> bool:
 
 
 def _eclub_names(query: Any) -> list[str]:
-    """The names of *query* that are ``eclub`` in any case (Voyado writes ``eClub``)."""
-    names = []
-    for name in query:
-        if len(name) == 5 and name.lower() == "eclub" and name not in names:
-            names.append(name)
-    return names
+    """The names of *query* that are ``eclub`` in any case, each once."""
+    return [name for name in dict.fromkeys(query) if name in _ECLUB_NAMES]
 
 
 def _from_eclub(query: Any, names: list[str], key: str, max_age: float | None) -> str | None:
@@ -233,12 +234,12 @@ def identify(
     clock unless an ``eclub`` is read.
     """
     # The common request first, inline: a returning visitor with _vaI, no site id, no vtid
-    # and no query name of eclub's length (`5 in map(len, query)` scans the names in C),
-    # cookies as a dict or the raw header. It is the per-request cost; benchmarks/identify.py
-    # holds it next to the hand-written check. Anything else takes the general path below,
-    # which decides alike (tests/test_identify.py checks that it does).
+    # and no eclub (a set lookup per query name, in C), cookies as a dict or the raw header.
+    # It is the per-request cost; benchmarks/identify.py holds it next to the hand-written
+    # check. Anything else takes the general path below, which decides alike
+    # (tests/test_identify.py checks that it does).
     if contact_id is None and "vtid" not in query and (
-        eclub_key is None or 5 not in map(len, query)
+        eclub_key is None or _ECLUB_NAMES.isdisjoint(query)
     ):
         if type(cookies) is dict:
             cookie = cookies.get(VOYADO_COOKIE)
@@ -268,12 +269,9 @@ def identify(
             contact_id = str(contact_id)
         if type(contact_id) is str and _valid(contact_id):
             found = contact_id
-    if found is None and eclub_key is not None:
-        for name in query:
-            if len(name) == 5 and name.lower() == "eclub":
-                found = _from_eclub(query, _eclub_names(query), eclub_key, eclub_max_age)
-                source = "eclub"
-                break
+    if found is None and eclub_key is not None and not _ECLUB_NAMES.isdisjoint(query):
+        found = _from_eclub(query, _eclub_names(query), eclub_key, eclub_max_age)
+        source = "eclub"
     if found is None:
         found = _first_valid(query, "vtid")
         source = "vtid"
