@@ -235,7 +235,9 @@ def test_identify_works_without_cryptography_installed() -> None:
     assert done.returncode == 0, done.stderr
 
 
-_NAMES = st.sampled_from(["vtid", "eclub", "eClub", "EcLuB", "_vaI", "_vaI_server", "page", "color"])
+_NAMES = st.sampled_from(
+    ["vtid", "eclub", "eClub", "EcLuB", "_vaI", "_vaI_server", "page", "color"]
+)
 _VALUES = st.sampled_from([A, B, SHORT, "", "undefined", "null", A.upper(), "x" * 22 + "!"])
 
 
