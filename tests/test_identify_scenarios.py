@@ -25,11 +25,11 @@ async def _identify(visit, cache: vt.ContactCache) -> str | None:  # type: ignor
 
 
 async def test_simulated_visits_get_the_right_contact_with_one_lookup_per_email() -> None:
-    """3,000 visits of 200 contacts: links (vtid, eclub), returning cookies, logins by email,
+    """3,000 visits of 190 contacts: links (vtid, eclub), returning cookies, logins by email,
     junk. Every identifiable visit gets its contact, junk never becomes an id, each distinct
     email is looked up once, and the client never meets the fake's limit of twice its rate."""
     rate = 50
-    contacts = simulated_contacts(3, 200)
+    contacts = simulated_contacts(3, 190)
     visits = simulated_visits(3, 3_000, contacts, eclub_key=KEY)
     assert {v.kind for v in visits} >= {"cookie", "server_cookie", "vtid", "eclub", "site",
                                         "login", "unknown_login", "junk"}
@@ -47,7 +47,7 @@ async def test_simulated_visits_get_the_right_contact_with_one_lookup_per_email(
     assert wrong == []
     assert all(got is None for v, got in zip(visits, found, strict=True) if v.kind == "junk")
     emails = {v.email.strip().lower() for v in visits if v.email is not None}
-    assert 150 < len(emails) <= 207
+    assert 150 < len(emails) <= 200  # 190 contacts' and 7 unknown addresses
     assert fake.lookups == len(emails)
     assert not any(r.rate_limited for r in fake.requests)
 
