@@ -61,3 +61,13 @@ def test_tradeoffs_script_prints_the_table_for_every_rate() -> None:
     assert "| events/s | flush_interval | req/s (100) | p99 delay (100) |" in done.stdout
     for rate in ("| 50 |", "| 500 |", "| 5,000 |"):
         assert rate in done.stdout
+
+
+def test_identify_benchmark_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "identify.py"), "--rounds", "1", "--calls", "200"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in ("`identify()`, cookie path, µs/call", "`decode_eclub()`, µs/call"):
+        assert f"| {row} |" in done.stdout, done.stdout

@@ -27,20 +27,29 @@ PUBLIC = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "ContactCache",
     "EventSink",
     "FlushSettings",
+    "Identity",
     "InvalidEventError",
+    "InvalidSoftLoginError",
     "Journal",
+    "MultipleMatchesError",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",
+    "SoftLogin",
     "TrackingBuffer",
     "TrackingClient",
     "TransportError",
     "Utm",
     "VoyadoError",
     "__version__",
+    "decode_eclub",
+    "identify",
+    "server_cookie_header",
 ]
+FUNCTIONS = {"__version__", "decode_eclub", "identify", "server_cookie_header"}
 
 
 def test_all_is_pinned_and_sorted() -> None:
@@ -63,11 +72,11 @@ def test_star_import_exports_exactly_all() -> None:
 def test_testing_module_exports() -> None:
     assert vt_testing.__all__ == [
         "Chaos", "FakeClock", "FakeVoyado", "Fault", "RecordedRequest", "latest_carts",
-        "shop_traffic",
+        "make_eclub", "shop_traffic",
     ]
 
 
-@pytest.mark.parametrize("name", [n for n in PUBLIC if n != "__version__"])
+@pytest.mark.parametrize("name", [n for n in PUBLIC if n not in FUNCTIONS])
 def test_public_classes_show_the_package_in_their_repr(name: str) -> None:
     cls = getattr(vt, name)
     assert cls.__module__ == "voyado_tracking"
@@ -93,6 +102,9 @@ def test_error_tree() -> None:
         assert issubclass(getattr(vt, name), vt.VoyadoError)
     assert issubclass(vt.AuthenticationError, vt.ApiError)
     assert issubclass(vt.RateLimitError, vt.ApiError)
+    assert issubclass(vt.MultipleMatchesError, vt.ApiError)
+    assert issubclass(vt.InvalidSoftLoginError, vt.VoyadoError)
+    assert issubclass(vt.InvalidSoftLoginError, ValueError)
     assert not issubclass(vt.TransportError, vt.ApiError)
 
 
@@ -152,6 +164,9 @@ async def test_type_checked_usage_also_runs() -> None:
         assert await usage.fire_and_forget(client) == 2
         assert len(fake.product_views) == 1
         assert len(fake.carts) == 1
+        assert await usage.look_up(client, fake) is not None
+    assert usage.identify_request({}, {"_vaI": usage.CONTACT}) == [
+        "cookie", vt.server_cookie_header(usage.CONTACT)]
 
 
 def _parameters(obj: object) -> list[tuple[str, str]]:

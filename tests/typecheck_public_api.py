@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import aiohttp
 
 import voyado_tracking as vt
-from voyado_tracking.testing import FakeVoyado, Fault
+from voyado_tracking.testing import FakeVoyado, Fault, make_eclub
 
 CONTACT = "0b6f7d49-3c47-4b0a-9a8e-9a1d0f6b2c11"
 
@@ -86,6 +86,48 @@ async def fire_and_forget(client: vt.TrackingClient) -> int:
         await buffer.flush(timeout=5.0)
         stats: vt.BufferStats = buffer.stats
     return stats.sent + len(dropped)
+
+
+ECLUB_KEY = "DaqfT7Ys6tGqM3zbesEKpmacTJEqBCp2"
+
+
+def identify_request(query: dict[str, str], cookies: dict[str, str]) -> list[str]:
+    """What a middleware does with a request: the contact, and the cookie to set."""
+    identity: vt.Identity | None = vt.identify(
+        query, cookies, contact_id=None, eclub_key=ECLUB_KEY, eclub_max_age=86_400.0
+    )
+    if identity is None:
+        return []
+    source: str = identity.source
+    headers = [source]
+    if identity.needs_server_cookie:
+        headers.append(vt.server_cookie_header(identity.contact_id, secure=True))
+    return headers
+
+
+def soft_login(token: str) -> str | None:
+    try:
+        login: vt.SoftLogin = vt.decode_eclub(token, ECLUB_KEY, max_age=3600.0)
+    except vt.InvalidSoftLoginError:
+        return None
+    email: str | None = login.email
+    return login.contact_id if email is None else email
+
+
+async def look_up(client: vt.TrackingClient, fake: FakeVoyado) -> str | None:
+    contact: str = fake.add_contact(email="anna@example.com")
+    cache = vt.ContactCache(client, ttl=60.0, negative_ttl=10.0, max_entries=100,
+                            timeout=1.0)
+    try:
+        found: str | None = await client.find_contact_id(email="anna@example.com")
+        cached: str | None = await cache.email("Anna@Example.com")
+    except vt.MultipleMatchesError:
+        return None
+    hits: int = cache.stats.hits
+    assert found == cached == contact
+    assert hits == 0
+    assert soft_login(make_eclub(contact, ECLUB_KEY)) == contact
+    return found
 
 
 VERSION: str = vt.__version__

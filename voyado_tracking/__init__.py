@@ -9,16 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 from ._buffer import BufferStats, TrackingBuffer
 from ._client import TrackingClient
+from ._contacts import ContactCache
+from ._eclub import SoftLogin, decode_eclub
 from ._errors import (
     ApiError,
     AuthenticationError,
     BufferClosedError,
     BufferFullError,
     InvalidEventError,
+    InvalidSoftLoginError,
+    MultipleMatchesError,
     RateLimitError,
     TransportError,
     VoyadoError,
 )
+from ._identity import Identity, identify, server_cookie_header
 from ._journal import Journal
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
@@ -34,19 +39,27 @@ __all__ = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "ContactCache",
     "EventSink",
     "FlushSettings",
+    "Identity",
     "InvalidEventError",
+    "InvalidSoftLoginError",
     "Journal",
+    "MultipleMatchesError",
     "ProductView",
     "RateLimitError",
     "RetryPolicy",
+    "SoftLogin",
     "TrackingBuffer",
     "TrackingClient",
     "TransportError",
     "Utm",
     "VoyadoError",
     "__version__",
+    "decode_eclub",
+    "identify",
+    "server_cookie_header",
 ]
 
 for _name in __all__:

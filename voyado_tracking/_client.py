@@ -1,4 +1,5 @@
-"""TrackingClient: awaited calls to Voyado's four tracking endpoints over one pooled session.
+"""TrackingClient: awaited calls to Voyado's four tracking endpoints (and the contact lookup)
+over one pooled session.
 
 The client owns a :class:`~voyado_tracking._transport.Transport` (session, headers, the 429
 pause and the token bucket, one POST) and wraps it in the retry loop of its
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 import aiohttp
 
+from ._contacts import find_contact_id, lookup_params
 from ._errors import VoyadoError
 from ._lifecycle import AsyncClosing
 from ._models import Cart, ProductView
@@ -158,6 +160,31 @@ class TrackingClient(AsyncClosing):
     async def register_product_views(self, views: Iterable[ProductView]) -> None:
         """Send product views in batches of ``max_batch_size`` (``.../productviews``)."""
         await self._post_batches(PRODUCT_VIEWS, ProductView, views)
+
+    # -- contact lookup -----------------------------------------------------------------------
+
+    async def find_contact_id(
+        self,
+        *,
+        email: str | None = None,
+        mobile_phone: str | None = None,
+        social_security_number: str | None = None,
+        custom_key: str | None = None,
+        any: str | None = None,
+        contact_type: str | None = None,
+    ) -> str | None:
+        """The contact id for exactly one key (``GET /api/v3/contacts/id``), None if none.
+
+        Raises MultipleMatchesError when several contacts match (409), ApiError for an
+        invalid value (400) or an answer that is not a contact id, and otherwise what the
+        tracking calls raise; it shares their rate limit, 429 pause and retries. The value
+        looked up appears in no log, repr or message.
+        """
+        params = lookup_params(
+            contact_type, email=email, mobile_phone=mobile_phone,
+            social_security_number=social_security_number, custom_key=custom_key, any=any,
+        )
+        return await find_contact_id(self, params, max_pause=self.retry.max_backoff)
 
     async def _post_batches(
         self, path: str, kind: type[Cart] | type[ProductView], events: Iterable[object]

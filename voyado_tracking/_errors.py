@@ -5,14 +5,17 @@ aiohttp is called, so callers never import aiohttp to catch our failures::
 
     VoyadoError
     ├── InvalidEventError        (also a ValueError) a model field failed validation
+    ├── InvalidSoftLoginError    (also a ValueError) an ``eclub`` token that cannot be used
     ├── ApiError                 Voyado answered with a non-2xx status
     │   ├── AuthenticationError  401 / 403: the API key is wrong or lacks rights
-    │   └── RateLimitError       429: too many requests (``retry_after`` when Voyado said)
+    │   ├── RateLimitError       429: too many requests (``retry_after`` when Voyado said)
+    │   └── MultipleMatchesError 409 from a contact lookup: several contacts match
     ├── TransportError           timeout, refused or dropped connection, broken response
     ├── BufferClosedError        the TrackingBuffer no longer accepts events
     └── BufferFullError          the TrackingBuffer is at ``max_pending`` (overflow="raise")
 
-No message, attribute or repr carries the API key.
+No message, attribute or repr carries the API key, nor a looked-up email, phone number or
+personal number, nor a soft-login key or anything decrypted with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ __all__ = [
     "BufferClosedError",
     "BufferFullError",
     "InvalidEventError",
+    "InvalidSoftLoginError",
+    "MultipleMatchesError",
     "RateLimitError",
     "TransportError",
     "VoyadoError",
@@ -113,6 +118,18 @@ class RateLimitError(ApiError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(status, body, endpoint=endpoint, retry_after=retry_after)
+
+
+class MultipleMatchesError(ApiError):
+    """A contact lookup matched more than one contact (Voyado's 409 ``MultipleMatches``)."""
+
+
+class InvalidSoftLoginError(VoyadoError, ValueError):
+    """An ``eclub`` soft-login token that is malformed, encrypted with another key, or stale.
+
+    The message says which of these it is, never the key or any decrypted text; every
+    failure of the decryption itself shares one message (distinct ones would be an oracle).
+    """
 
 
 class TransportError(VoyadoError):

@@ -12,6 +12,9 @@ without content coding (``Accept-Encoding: identity``, aiohttp's decompression o
 that labels a plain body ``gzip`` or ``br`` cannot turn a delivered batch into an error and a
 retry (duplicates). An error body that comes compressed anyway is inflated for its message,
 within the same bound, when it is gzip or deflate.
+
+Contact lookups go through :meth:`Transport.get`, behind the same limiter and pause; their
+query holds personal data, so no message or log line carries it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final, Protocol
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 from yarl import URL
@@ -46,6 +50,7 @@ __all__ = [
     "check_user_agent",
     "fingerprint",
     "is_loopback",
+    "scrub",
 ]
 
 log = logging.getLogger("voyado_tracking")
@@ -270,6 +275,71 @@ class Transport:
         raise api_error(status, text, str(url), retry_after)
 
 
+    async def get(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        max_pause: float | None = None,
+        slot_timeout: float | None = None,
+        on_send: Callable[[], None] | None = None,
+    ) -> bytes:
+        """One GET of *path* with a query through the rate limiter; the 2xx body (bounded).
+
+        The query may hold personal data (a contact lookup's email): errors, logs and
+        ``ApiError.endpoint`` name the path without it, and an error body that echoes one of
+        its values shows ``***``. *slot_timeout*: wait at most this long for a request slot
+        (then RateLimitError, nothing sent). *on_send* is called when the request goes out.
+        """
+        url = URL(self._base_url + path)
+        secrets = [value for value in params.values() if value]
+        try:
+            if slot_timeout is None:
+                await self._limiter.acquire(max_pause)
+            else:
+                await asyncio.wait_for(self._limiter.acquire(max_pause), slot_timeout)
+        except RateLimitError as error:
+            error.endpoint = str(url)
+            raise
+        except asyncio.TimeoutError:
+            raise RateLimitError(
+                429, f"not sent: no request slot within {slot_timeout:g} s", endpoint=str(url)
+            ) from None
+        session = self._get_session()
+        if on_send is not None:
+            on_send()
+        started = time.monotonic()
+        with _translate(url, self.timeout, "GET", secrets):
+            async with session.get(
+                url.with_query(params), headers=self._headers, timeout=self._timeout,
+                allow_redirects=False, auto_decompress=False,
+            ) as response:
+                status = response.status
+                ok = 200 <= status < 300
+                raw = await response.content.read(_SUCCESS_BODY_BYTES if ok else _ERROR_BODY_BYTES)
+                retry_after_header = response.headers.get("Retry-After")
+                coding = response.headers.get("Content-Encoding", "")
+        log.debug("GET %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
+        if ok:
+            return raw
+        retry_after = parse_retry_after(retry_after_header)
+        if status == 429:
+            await self._limiter.pause(
+                DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else retry_after
+            )
+        text = _inflate(raw, coding).decode("utf-8", "replace")
+        text = scrub(text.replace(self._headers["apikey"], "***"), secrets)
+        raise api_error(status, text, str(url), retry_after)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """*text* with every value of *secrets* (in any case, raw or URL-encoded) as ``***``."""
+    for secret in secrets:
+        for form in dict.fromkeys((secret, quote(secret, safe=""), quote_plus(secret))):
+            text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
+    return text
+
+
 def _inflate(raw: bytes, coding: str) -> bytes:
     """The first bytes of a gzip or deflate error body, inflated; any other body as it came."""
     coding = coding.strip().lower()
@@ -283,18 +353,27 @@ def _inflate(raw: bytes, coding: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _translate(url: URL, timeout: float) -> Iterator[None]:
-    """aiohttp's and the OS's failures, as our exceptions (the only place that does this)."""
+def _translate(
+    url: URL, timeout: float, method: str = "POST", secrets: Iterable[str] = ()
+) -> Iterator[None]:
+    """aiohttp's and the OS's failures, as our exceptions (the only place that does this).
+
+    *url* is named in messages, so it never carries a query; *secrets* are scrubbed from
+    what aiohttp says (its messages may quote the full URL)."""
     try:
         yield
     except asyncio.TimeoutError:
-        log.debug("POST %s timed out after %.1f s", url.path, timeout)
-        raise TransportError(f"POST {url} timed out after {timeout:g} s") from None
+        log.debug("%s %s timed out after %.1f s", method, url.path, timeout)
+        raise TransportError(f"{method} {url} timed out after {timeout:g} s") from None
     except (aiohttp.ClientError, OSError) as error:
-        log.debug("POST %s failed: %s", url.path, type(error).__name__)
-        raise TransportError(f"POST {url} failed: {_describe(error)}") from None
+        log.debug("%s %s failed: %s", method, url.path, type(error).__name__)
+        raise TransportError(
+            f"{method} {url} failed: {scrub(_describe(error), secrets)}"
+        ) from None
     except RuntimeError as error:  # e.g. a borrowed session that its owner closed
-        raise ClientClosedError(f"POST {url} failed: {_describe(error)}") from None
+        raise ClientClosedError(
+            f"{method} {url} failed: {scrub(_describe(error), secrets)}"
+        ) from None
 
 
 def _describe(error: BaseException) -> str:

@@ -22,6 +22,7 @@ from .. import __version__ as version
 from .._wire import Event
 from ..testing import Chaos, FakeVoyado, latest_carts, shop_traffic
 from ._common import EXIT_FAILED, EXIT_OK, PROG
+from ._demo_identify import DemoVisitors
 from ._progress import progress, stats_text
 
 __all__ = [
@@ -79,7 +80,8 @@ async def paced(
 
 
 async def _play(
-    events: Sequence[Event], buffer: TrackingBuffer, args: argparse.Namespace, mode: str
+    events: Sequence[Event], buffer: TrackingBuffer, args: argparse.Namespace, mode: str,
+    visitors: DemoVisitors | None = None,
 ) -> Timing:
     """Enqueue *events* spread over about ``args.duration`` seconds as their times are spread, then
     close the buffer (which delivers the rest)."""
@@ -91,6 +93,8 @@ async def _play(
     started = time.monotonic()
     async with progress(mode, "shop traffic", poll, 1.0):
         async for event in paced(events, schedule(events, args.duration), started):
+            if visitors is not None:
+                await visitors.identify(event)
             buffer.enqueue(event)
             enqueued += 1
         traffic_done = time.monotonic()
@@ -172,11 +176,13 @@ async def run_demo(args: argparse.Namespace, mode: str) -> int:
             flush=True,
         )
         async with client:
+            visitors = DemoVisitors(events, args.seed, fake, client)
             buffer = TrackingBuffer(client, flush_settings(args))
-            timing = await _play(events, buffer, args, mode)
+            timing = await _play(events, buffer, args, mode, visitors)
         stats = buffer.stats
-        checks = check_delivery(fake, events, stats)
-        print(report(events, stats, fake, timing))
+        checks = [*check_delivery(fake, events, stats), visitors.check()]
+        print(report(events, stats, fake, timing).rstrip("\n"))
+        print("\n".join(visitors.report_lines()) + "\n")
     return verdict(checks)
 
 

@@ -1,7 +1,8 @@
 """``voyado-tracking fake-server``: FakeVoyado standalone, until SIGINT or SIGTERM.
 
 What it received can be read while it runs (``GET /_fake/state``) and, with ``--dump FILE``,
-is written to FILE as JSON when it stops.
+is written to FILE as JSON when it stops. ``--contacts FILE`` registers contacts for the
+lookup endpoint (JSON Lines, see :func:`voyado_tracking.testing._contacts.load_contacts`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def add_fake_server(commands: Commands) -> None:
     fake.add_argument("--rate-limit", type=positive_int, default=None, metavar="N",
                       help="answer 429 + Retry-After to requests beyond N in any one-second "
                       "window, like Voyado's per-key limit (default: no limit)")
+    fake.add_argument("--contacts", metavar="FILE",
+                      help="contacts for the lookup endpoint GET /api/v3/contacts/id: JSON "
+                      "Lines, one object a line with any of contactId, email, mobilePhone, "
+                      "socialSecurityNumber, customKey, contactType")
     fake.add_argument("--dump", metavar="FILE",
                       help="on exit (Ctrl-C or SIGTERM), write what the fake received to FILE "
                       "as JSON: the same data as GET /_fake/state while it runs")
@@ -81,6 +86,8 @@ def _fake(args: argparse.Namespace) -> FakeVoyado:
     fake = FakeVoyado(api_key=args.api_key, host=args.host, port=args.port,
                       rate_limit=args.rate_limit)
     fake.latency = args.latency
+    for contact in _contacts(args.contacts):
+        fake.add_contact(**contact)
     if args.error_rate or args.rate_limit_rate or args.drop_rate:
         fake.chaos(Chaos(seed=args.seed, error_rate=args.error_rate,
                          rate_limit_rate=args.rate_limit_rate, drop_rate=args.drop_rate,
@@ -103,6 +110,9 @@ async def run_fake_server(args: argparse.Namespace) -> int:
             print(f"VOYADO_BASE_URL={fake.url} VOYADO_API_KEY={fake.api_key}", flush=True)
             print(f"{PROG}: FakeVoyado listening (what it received: GET {fake.url}"
                   f"{STATE_PATH}); Ctrl-C to stop", file=sys.stderr, flush=True)
+            if fake.contacts:
+                print(f"{PROG}: {len(fake.contacts)} contacts for GET {fake.url}"
+                      "/api/v3/contacts/id", file=sys.stderr, flush=True)
             await stop.wait()
     finally:
         await fake.close()
@@ -114,6 +124,20 @@ async def run_fake_server(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _contacts(path: str | None) -> list[dict[str, str]]:
+    from ..testing._contacts import load_contacts
+
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return load_contacts(lines)
+    except OSError as error:
+        raise UsageError(f"cannot read --contacts {path}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"--contacts {path}: {error}") from None
 
 
 def _dump(fake: FakeVoyado, path: Path) -> None:

@@ -8,7 +8,9 @@ the same wire code as the client), keeps cart state by the latest instant of ``t
 - :meth:`FakeVoyado.chaos` draws faults at random, from a seed, for soak tests;
 - ``latency`` delays every answer; :meth:`hold` / :meth:`release` park requests;
 - ``reject_item_ids`` / ``reject_cart_references`` answer 400 to batches holding them;
-- ``rate_limit=N`` answers 429 to requests beyond N in any sliding one-second window.
+- ``rate_limit=N`` answers 429 to requests beyond N in any sliding one-second window;
+- :meth:`add_contact` registers contacts for the lookup endpoint, ``GET /api/v3/contacts/id``
+  (``_contacts``), which shares the rate limit and the faults; ``lookups`` counts its answers.
 
 Successful answers carry a small JSON body, ``{"success": true}``, not an empty one. While it
 runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as JSON, for a person or a script
@@ -43,6 +45,7 @@ from .._wire import (
     event_to_wire,
     structure,
 )
+from ._contacts import LOOKUP, ContactBook
 from ._faults import Chaos, Fault, RecordedRequest
 
 __all__ = ["STATE_PATH", "FakeVoyado"]
@@ -50,7 +53,7 @@ __all__ = ["STATE_PATH", "FakeVoyado"]
 STATE_PATH = "/_fake/state"
 _SUCCESS = orjson.dumps({"success": True})
 
-class FakeVoyado(AsyncClosing):
+class FakeVoyado(ContactBook, AsyncClosing):
     """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``.
 
     Pass ``ssl_context`` (a server-side context) to serve HTTPS, e.g. to test TLS settings.
@@ -95,6 +98,7 @@ class FakeVoyado(AsyncClosing):
         self._open: asyncio.Event | None = None  # created on start, inside the loop
         self._runner: web.AppRunner | None = None
         self._faults_injected: Counter[str] = Counter()
+        self._init_contacts()
 
     def __repr__(self) -> str:
         where = self.url if self._runner else "not started"
@@ -126,6 +130,7 @@ class FakeVoyado(AsyncClosing):
         app.router.add_post(PRODUCT_VIEW, self._handle)
         app.router.add_post(PRODUCT_VIEWS, self._handle)
         app.router.add_get(STATE_PATH, self._handle_state)
+        app.router.add_get(LOOKUP, self._handle_lookup)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -195,6 +200,7 @@ class FakeVoyado(AsyncClosing):
         state = {
             "carts": {ref: event_to_wire(cart) for ref, cart in self.carts.items()},
             "productViews": [event_to_wire(view) for view in self.product_views],
+            "lookups": self.lookups,
             "requests": {
                 "total": len(self.requests),
                 "byPath": dict(Counter(r.path for r in self.requests)),
@@ -229,6 +235,7 @@ class FakeVoyado(AsyncClosing):
         self.reject_cart_references.clear()
         self.latency = 0.0
         self._faults_injected.clear()
+        self._init_contacts()
         self.release()
 
     # -- the endpoints ------------------------------------------------------------------------
