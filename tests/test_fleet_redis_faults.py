@@ -334,3 +334,20 @@ async def test_rejected_event_stays_held_until_its_dead_letter_fits(
 
 async def _length(r: aioredis.Redis, stream: str, expected: int) -> bool:
     return int(await r.xlen(stream)) == expected
+
+
+async def test_forwarder_closing_on_a_full_redis_says_what_stays_pending(
+    node: RedisServer, r: aioredis.Redis, fake: FakeVoyado, client: vt.TrackingClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dead letter Redis never took by the close: bounded, and said, not silently left."""
+    fake.reject_item_ids = {"bad"}
+    await write(node.url, [vt.ProductView("bad", CONTACT, time=T0)])
+    await r.xgroup_create(STREAM, "voyado-tracking", id="0")
+    await fill(r)
+    forwarder = vt.Forwarder(client, node.url, FAST)
+    await forwarder.start()
+    await eventually(lambda: forwarder.stats.dead_lettered == 1)
+    await asyncio.wait_for(forwarder.aclose(timeout=0.5), 2.0)
+    assert any("1 dead letters" in rec.getMessage() for rec in caplog.records)
+    assert await pending(r) == 1

@@ -205,9 +205,14 @@ class Forwarder(Lifecycle):
 
     async def _close_resources(self, deadline: float, grace: float) -> None:
         # What was delivered, dead-lettered or released is committed by the deadline.
+        settle = self._settle
         try:
-            await wait_until(self._clock, self._progress, self._settle.committed,
-                             max(0.0, deadline - self._clock.now()))
+            if not await wait_until(self._clock, self._progress, settle.committed,
+                                    max(0.0, deadline - self._clock.now())):
+                log.warning(
+                    "the Forwarder stopped before Redis took %s; those entries stay pending "
+                    "and another forwarder claims them after claim_idle", settle.describe(),
+                )
         finally:
             await stop_tasks(self._tasks, grace)
             if self._owns_redis:

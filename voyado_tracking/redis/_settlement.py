@@ -73,6 +73,11 @@ class Settlement(Keeper):
     def committed(self) -> bool:
         return not (self.acks or self.dead_letters or self.releases)
 
+    def describe(self) -> str:
+        """What is not committed yet, for a log line."""
+        return (f"{len(self.acks)} acks, {len(self.dead_letters)} dead letters and "
+                f"{len(self.releases)} releases")
+
     def owed(self) -> list[str]:
         """Entries settled here but not acked yet: still this forwarder's (refreshed, never
         taken in again)."""
