@@ -96,6 +96,12 @@ async def refused(r: aioredis.Redis, code: str, more_than: int = 0) -> bool:
     return await refusals(r, code) > more_than
 
 
+async def rejected_calls(r: aioredis.Redis, command: str) -> int:
+    """How many calls of *command* the server refused so far (before running them)."""
+    stats = await r.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("rejected_calls", 0))
+
+
 async def link_up(replica: aioredis.Redis) -> bool:
     return (await replica.info("replication")).get("master_link_status") == "up"
 
@@ -351,3 +357,45 @@ async def test_forwarder_closing_on_a_full_redis_says_what_stays_pending(
     await asyncio.wait_for(forwarder.aclose(timeout=0.5), 2.0)
     assert any("1 dead letters" in rec.getMessage() for rec in caplog.records)
     assert await pending(r) == 1
+
+
+async def test_forwarder_acks_across_a_failover_and_back_without_sending_twice(
+    tmp_path: Path, fake: FakeVoyado, client: vt.TrackingClient
+) -> None:
+    """Its node turns read-only while requests are in flight: the acks wait, nothing is
+    taken in again and re-sent once the node is writable."""
+    primary, standby = start_server(tmp_path / "a"), start_server(tmp_path / "b")
+    ra, rb = aioredis.from_url(primary.url), aioredis.from_url(standby.url)
+    sent = events(200)
+    try:
+        await rb.replicaof("127.0.0.1", primary.port)
+        await eventually(lambda: link_up(rb))
+        await write(primary.url, sent)
+        fake.hold()
+        async with vt.Forwarder(client, primary.url, FAST, claim_idle=0.3) as forwarder:
+            await eventually(lambda: forwarder.stats.in_flight == 200)
+            await ra.execute_command("WAIT", 1, 5000)  # the standby has the group's state
+            await rb.replicaof("NO", "ONE")
+            await ra.replicaof("127.0.0.1", standby.port)
+            await eventually(lambda: link_up(ra))
+            fake.release()
+            await eventually(lambda: forwarder.stats.sent == 200)
+            await eventually(lambda: _refused_an_ack(ra))
+            await ra.replicaof("NO", "ONE")
+            await forwarder.flush(timeout=15)
+            await eventually(lambda: _acked_on(ra))
+        received = Counter(map(key, [*fake.product_views, *fake.cart_updates]))
+        assert received == Counter(map(key, sent))
+    finally:
+        await ra.aclose()
+        await rb.aclose()
+        primary.stop()
+        standby.stop()
+
+
+async def _refused_an_ack(r: aioredis.Redis) -> bool:
+    return await rejected_calls(r, "xack") > 0
+
+
+async def _acked_on(r: aioredis.Redis) -> bool:
+    return await pending(r) == 0 and await r.xlen(STREAM) == 0
