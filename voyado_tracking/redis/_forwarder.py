@@ -4,17 +4,24 @@ A forwarder is a buffer fed by a stream instead of ``enqueue``: entries are read
 (``XREADGROUP``) into a :class:`PendingStore` (cart collapse lives there) and delivered by the
 same :class:`Sender` as a buffer's (full batches, bisection of rejected ones, retry holds).
 Its :class:`Outcomes` writes the accounting as a buffer's does; its keeper is
-:class:`_Settlement`, which turns where events end into what becomes of their entries (ack,
+:class:`Settlement`, which turns where events end into what becomes of their entries (ack,
 dead-letter, release). Three small tasks around it talk to Redis:
 
 - the reader reads new entries while the store has room, first re-reading this consumer's
   own pending entries (a restart under the same name), and every ``claim_idle / 2`` seconds
   takes over (``XAUTOCLAIM``) entries idle past ``claim_idle``: those of a forwarder that died;
-- the committer settles what the sender finished: ``XACK`` + ``XDEL`` after a 2xx (one
-  ``MULTI`` each round), the bad event of a rejected batch to ``<stream>:dead`` with its error;
-- the refresher re-claims (``XCLAIM ... JUSTID``) every entry this forwarder still holds,
-  every ``claim_idle / 3`` seconds, so entries waiting for a retry are never taken from a
-  forwarder that is alive.
+- the committer (:class:`Settlement`, in ``_settlement.py``) settles what the sender
+  finished: ``XACK`` + ``XDEL`` after a 2xx, the bad event of a rejected batch to
+  ``<stream>:dead`` with its error (acked once it is there), in plain pipelines: a full Redis
+  refuses ``MULTI``, and only what Redis refused is retried;
+- the refresher re-claims (``XCLAIM ... JUSTID``) every entry this forwarder still holds
+  (or has yet to ack), every ``claim_idle / 3`` seconds, so entries waiting for a retry are
+  never taken from a forwarder that is alive.
+
+Redis refusing a command (full over ``maxmemory``, a read-only replica) is waited out like an
+outage: the group is created once Redis takes ``XGROUP CREATE`` (a full Redis refuses it even
+when the group exists, so a refusal is checked against ``XINFO GROUPS``), reads and commits
+retry with backoff.
 
 Entries are acked only after Voyado answered 2xx: a forwarder killed mid-request leaves them
 pending, and another one re-sends them once they are idle past ``claim_idle``
@@ -36,27 +43,24 @@ import redis.exceptions
 
 from .._client import TrackingClient
 from .._clock import Clock, MonotonicClock, wait_until
-from .._errors import InvalidEventError, VoyadoError
+from .._errors import InvalidEventError
 from .._intake import Lifecycle, State
 from .._lifecycle import stop_tasks
-from .._outcomes import DeadLetterHook, Keeper, Outcomes
+from .._outcomes import DeadLetterHook, Outcomes
 from .._sender import Sender
 from .._settings import FlushSettings
 from .._stats import ForwarderStats
 from .._validators import check_positive
-from .._wire import Event
-from ._ledger import Ledger
+from ._settlement import CHUNK, Settlement
 from ._stream import (
     DEFAULT_STREAM,
     REDIS_BACKOFF,
     REDIS_ERRORS,
+    WRITE_ERRORS,
     RedisUrl,
     close_client,
     connect,
-    dead_entry,
-    dead_stream,
     decode_entry,
-    encode_entry,
     text,
 )
 
@@ -65,54 +69,8 @@ __all__ = ["DEFAULT_GROUP", "Forwarder", "ForwarderStats"]
 log = logging.getLogger("voyado_tracking")
 
 DEFAULT_GROUP: Final = "voyado-tracking"
-_CHUNK: Final = 500  # ids per XACK / XDEL / XCLAIM command
-_RELEASED_IDLE_MS: Final = 10 * 365 * 86_400_000  # "idle for years": claimable at once
 _READ_BLOCK_MAX: Final = 0.5  # seconds an XREADGROUP may block
 _POLL: Final = 0.05  # flush() re-checks the stream this often (other forwarders work too)
-
-
-class _Settlement(Keeper):
-    """The forwarder's keeper: what the end of its events means for the entries it holds.
-
-    Delivered: ack (``XACK`` + ``XDEL``). Dead-lettered: to ``<stream>:dead``, then ack.
-    Kept at close, or when the client closed under it: released to the group, for another
-    forwarder (counted as spooled). The committer task writes what it collects.
-    """
-
-    def __init__(self, stream: str) -> None:
-        self.ledger = Ledger()
-        self.acks: list[str] = []  # settled entries to XACK + XDEL
-        self.dead_entries: list[dict[bytes, bytes]] = []  # for the dead stream
-        self.releases: list[str] = []  # entries to hand back
-        self.wake = asyncio.Event()  # the committer has work
-        self._stream = stream
-
-    def committed(self) -> bool:
-        return not (self.acks or self.dead_entries or self.releases)
-
-    def sent(self, events: list[Event]) -> None:
-        self.acks.extend(self.ledger.settle(events))
-        self.wake.set()
-
-    def dead(self, events: list[Event], error: VoyadoError) -> None:
-        ids = self.ledger.settle(events)
-        self.dead_entries.extend(dead_entry(encode_entry(e), str(error)) for e in events)
-        self.acks.extend(ids)
-        self.wake.set()
-
-    def dropped(self, event: Event) -> None:  # pragma: no cover - the reader reads into room
-        self.acks.extend(self.ledger.settle([event]))
-        self.wake.set()
-
-    def keep(self, events: list[Event], *, in_flight: bool) -> list[Event]:
-        # In flight: the client was closed under the forwarder (not Voyado's verdict). At
-        # close: everything left in the store is released, so all held entries go.
-        self.releases.extend(self.ledger.settle(events) if in_flight else self.ledger.clear())
-        self.wake.set()
-        return []
-
-    def unclosed(self, held: int) -> str:
-        return "their entries stay in the stream for other forwarders"
 
 
 class Forwarder(Lifecycle):
@@ -150,7 +108,10 @@ class Forwarder(Lifecycle):
         clock = MonotonicClock() if clock is None else clock
         outcomes = Outcomes(settings, clock, name="forwarder", sink="Forwarder",
                             on_dead_letter=on_dead_letter)
-        self._settle = outcomes.keeper = _Settlement(self.stream)
+        self._settle = outcomes.keeper = Settlement(
+            self._redis, self.stream, self.group, self.consumer, clock, outcomes.losses,
+            outcomes.progress,
+        )
         self._sender = Sender(outcomes, client.transport.post, settings, clock=clock)
         super().__init__(settings, outcomes, self._sender, clock)
         self._ledger = self._settle.ledger
@@ -159,6 +120,7 @@ class Forwarder(Lifecycle):
         self._cursor = "0"  # own pending entries first, then ">" (new ones)
         self._tasks: list[asyncio.Task[None]] = []
         self._reading = True  # the reader's loop goes on while this holds
+        self._group_ready = False  # XGROUP CREATE went in, or the group exists
         self.claimed = 0
 
     def __repr__(self) -> str:
@@ -178,10 +140,10 @@ class Forwarder(Lifecycle):
         if self._state is not State.NEW:
             return
         self._state = State.OPEN
-        with contextlib.suppress(*REDIS_ERRORS):  # else the reader retries
+        with contextlib.suppress(*WRITE_ERRORS):  # else the reader retries
             await self._create_group()
         self._sender.start()
-        for name, run in (("reader", self._read_loop), ("committer", self._commit_loop),
+        for name, run in (("reader", self._read_loop), ("committer", self._settle.run),
                           ("refresher", self._refresh_loop)):
             task = asyncio.get_running_loop().create_task(
                 self._guard(name, run), name=f"voyado_tracking forwarder {name}"
@@ -243,9 +205,14 @@ class Forwarder(Lifecycle):
 
     async def _close_resources(self, deadline: float, grace: float) -> None:
         # What was delivered, dead-lettered or released is committed by the deadline.
+        settle = self._settle
         try:
-            await wait_until(self._clock, self._progress, self._settle.committed,
-                             max(0.0, deadline - self._clock.now()))
+            if not await wait_until(self._clock, self._progress, settle.committed,
+                                    max(0.0, deadline - self._clock.now())):
+                log.warning(
+                    "the Forwarder stopped before Redis took %s; those entries stay pending "
+                    "and another forwarder claims them after claim_idle", settle.describe(),
+                )
         finally:
             await stop_tasks(self._tasks, grace)
             if self._owns_redis:
@@ -266,17 +233,30 @@ class Forwarder(Lifecycle):
     # -- reading ------------------------------------------------------------------------------
 
     async def _create_group(self) -> None:
+        """Create the group (and the stream) unless the group exists."""
         try:
             await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.exceptions.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
+            # A full Redis refuses XGROUP CREATE before it looks for the group.
+            if "BUSYGROUP" not in str(error) and not await self._group_exists():
                 raise
+        self._group_ready = True
+
+    async def _group_exists(self) -> bool:
+        try:
+            groups: list[Any] = await self._redis.xinfo_groups(self.stream)
+        except redis.exceptions.ResponseError:  # no such stream
+            return False
+        names = (group.get("name") or group.get(b"name") or b"" for group in groups)
+        return self.group in {text(name) for name in names}
 
     async def _read_loop(self) -> None:
         failures = 0
         next_claim = 0.0
         while self._reading:
             try:
+                if not self._group_ready:
+                    await self._create_group()
                 room = self.settings.max_pending - self._store.held
                 if room <= 0:
                     await self._clock.wait(self._progress, 0.2)
@@ -288,15 +268,14 @@ class Forwarder(Lifecycle):
                     room = self.settings.max_pending - self._store.held
                 await self._read(min(room, self.settings.max_batch_size))
                 failures = 0
-            except redis.exceptions.ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
-                # The stream or group is gone (e.g. Redis restarted without persistence).
-                await self._create_group()
-            except REDIS_ERRORS as error:
+            except WRITE_ERRORS as error:
+                if "NOGROUP" in str(error) and self._group_ready:
+                    # The stream or group is gone (e.g. Redis restarted without persistence).
+                    self._group_ready = False
+                    continue
                 failures += 1
-                self._losses.record("redis-read", 0, "Redis unreachable; forwarder waiting",
-                                    f"{type(error).__name__}: {error}"[:200])
+                self._losses.record("redis-read", 0, "Redis unreachable or refusing; "
+                                    "forwarder waiting", f"{type(error).__name__}: {error}"[:200])
                 await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
 
     async def _read(self, count: int) -> None:
@@ -318,10 +297,13 @@ class Forwarder(Lifecycle):
         while room > 0:
             reply = await self._redis.xautoclaim(
                 self.stream, self.group, self.consumer, int(self.claim_idle * 1000),
-                start_id=start, count=min(room, _CHUNK),
+                start_id=start, count=min(room, CHUNK),
             )
             start, entries = text(reply[0]), [e for e in reply[1] if e]
-            fresh = [e for e in entries if text(e[0]) not in self._ledger]
+            # Entries this forwarder holds, or settled and not acked yet, stay its own.
+            owed = set(self._settle.owed())
+            fresh = [e for e in entries if text(e[0]) not in self._ledger
+                     and text(e[0]) not in owed]
             if fresh:
                 self.claimed += len(fresh)
                 log.info("claimed %d entries idle past %g s from a stopped forwarder",
@@ -340,14 +322,13 @@ class Forwarder(Lifecycle):
             if entry_id in ledger:
                 continue
             if not fields:  # deleted while pending: nothing left to deliver
-                settle.acks.append(entry_id)
+                settle.deleted(entry_id)
                 continue
             try:
                 event = decode_entry(fields)
             except InvalidEventError as error:
                 self._outcomes.unreadable()
-                settle.dead_entries.append(dead_entry(fields, f"unreadable entry: {error}"))
-                settle.acks.append(entry_id)
+                settle.unreadable(entry_id, fields, str(error))
                 self._losses.record("dead:entry", 1, "dead-lettered an unreadable entry",
                                     str(error))
                 continue
@@ -355,66 +336,14 @@ class Forwarder(Lifecycle):
             wake = store.add(event, now) or wake
         if wake:
             self._sender.wake()
-        if settle.acks:
-            settle.wake.set()
 
-    # -- settling -----------------------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        failures = 0
-        settle = self._settle
-        while True:
-            if settle.committed():
-                settle.wake.clear()
-                await settle.wake.wait()
-                continue
-            acks, dead, releases = settle.acks, settle.dead_entries, settle.releases
-            settle.acks, settle.dead_entries, settle.releases = [], [], []
-            try:
-                await self._commit(acks, dead, releases)
-            except REDIS_ERRORS as error:
-                settle.acks[:0], settle.dead_entries[:0], settle.releases[:0] = acks, dead, releases
-                failures += 1
-                self._losses.record("redis-ack", 0, "Redis unreachable; acks waiting",
-                                    f"{type(error).__name__}: {error}"[:200])
-                await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
-            else:
-                failures = 0
-                self._progress.set()
-
-    async def _commit(
-        self, acks: list[str], dead: list[dict[bytes, bytes]], releases: list[str]
-    ) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for fields in dead:
-                pipe.xadd(dead_stream(self.stream), fields)  # type: ignore[arg-type]
-            for chunk in _chunks(acks):
-                pipe.xack(self.stream, self.group, *chunk)
-                pipe.xdel(self.stream, *chunk)
-            for chunk in _chunks(releases):
-                pipe.xclaim(self.stream, self.group, self.consumer, 0, chunk,
-                            idle=_RELEASED_IDLE_MS, justid=True)
-            await pipe.execute()
+    # -- ownership ----------------------------------------------------------------------------
 
     async def _refresh_loop(self) -> None:
         every = max(0.02, self.claim_idle / 3)
         while True:
             await self._clock.sleep(every)
-            ids = [*self._ledger.ids(), *self._settle.acks]
-            if not ids:
-                continue
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for chunk in _chunks(ids):
-                        pipe.xclaim(self.stream, self.group, self.consumer, 0, chunk,
-                                    justid=True)
-                    await pipe.execute()
-            except REDIS_ERRORS:
-                pass  # the reader reports Redis outages; try again next round
-
-
-def _chunks(ids: list[str]) -> list[list[Any]]:  # Any: redis-py types ids narrowly
-    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+            await self._settle.refresh(self._ledger.ids())
 
 
 def _entries(reply: Any) -> list[Any]:

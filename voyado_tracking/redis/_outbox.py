@@ -6,10 +6,15 @@ policy and cart collapse). Its drain is a :class:`_StreamWriter`: one background
 the store's ``plan`` for what is due (``flush_interval``, or a full pipeline) and writes it
 with pipelined ``XADD``s, one entry per event.
 
-While Redis is unreachable the events wait in the store under ``max_pending``; the batch that
-failed is retried with backoff, and at close whatever is left is spooled (JSON Lines, the
-format ``voyado-tracking send`` reads) or counted as dropped. A killed worker loses what it
-had not written yet: normally under ``flush_interval`` of events.
+Every ``RedisError`` is a failed write, not only a lost connection: a Redis full over
+``maxmemory`` (``OOM``) or demoted to a read-only replica in a failover (``READONLY``) refuses
+writes too. The pipeline runs with ``raise_on_error=False`` and each reply is looked at: the
+events whose ``XADD`` went in are written (never sent again), the refused ones wait in the
+store under ``max_pending`` with the events of a pipeline that failed as a whole (Redis
+unreachable), and are retried with backoff; ``flush()`` waits for them. At close whatever is
+left is spooled (JSON Lines, the format ``voyado-tracking send`` reads) or counted as dropped.
+A killed worker loses what it had not written yet: normally under ``flush_interval`` of
+events.
 
 Accounting: ``enqueued == collapsed + sent + dropped + spooled + pending``, where ``sent``
 counts entries written to the stream.
@@ -24,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+import redis.exceptions
+
 from .._clock import Clock, MonotonicClock
 from .._intake import Intake
 from .._lifecycle import stop_tasks
@@ -31,10 +38,11 @@ from .._outcomes import DropHook, Outcomes
 from .._records import KINDS, Batch, Lanes
 from .._settings import FlushSettings
 from .._stats import OutboxStats
+from .._wire import Event
 from ._stream import (
     DEFAULT_STREAM,
     REDIS_BACKOFF,
-    REDIS_ERRORS,
+    WRITE_ERRORS,
     RedisUrl,
     close_client,
     connect,
@@ -140,8 +148,8 @@ class _StreamWriter:
         task = self._task
         if task is not None:
             await stop_tasks([task], min(grace, 1.0))
-        # A write cancelled mid-pipeline: its events may or may not be in Redis. Keep them
-        # (a duplicate view beats a lost one); they are spooled with the rest.
+        # A writer that did not finish in time still hands back what it was writing (they
+        # are spooled with the rest); one that did has handed it back already.
         self._landed(lambda batch: self._outcomes.requeue(
             batch, batch.events, not_before=self._clock.now()))
 
@@ -168,28 +176,70 @@ class _StreamWriter:
 
     async def _write(self, batches: list[Batch]) -> None:
         self._writing = batches
-        outcomes = self._outcomes
+        replies: list[Any]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for batch in batches:
                     for event in batch.events:
                         pipe.xadd(self._stream, encode_entry(event))
-                await pipe.execute()
-        except REDIS_ERRORS as error:
+                # Each XADD answers for itself: a full or read-only Redis refuses some of
+                # them (or all) and takes the others.
+                replies = await pipe.execute(raise_on_error=False)
+        except WRITE_ERRORS as error:  # the pipeline as a whole: whether any went in is unknown
+            replies = [error] * sum(len(batch.events) for batch in batches)
+        except BaseException:
+            # Cancelled mid-pipeline (or a bug): these events may or may not be in Redis.
+            # Keep them (a duplicate view beats a lost one); never leave them orphaned.
+            self._landed(lambda batch: self._outcomes.requeue(
+                batch, batch.events, not_before=self._clock.now()))
+            raise
+        self._settle(replies)
+        self._outcomes.progressed()
+
+    def _settle(self, replies: list[Any]) -> None:
+        """The events whose XADD went in are written; the others are held for a retry."""
+        outcomes, position = self._outcomes, 0
+        splits: list[tuple[Batch, list[Event], list[Event]]] = []
+        error: BaseException | None = None
+        for batch in self._writing:
+            written: list[Event] = []
+            refused: list[Event] = []
+            for event, reply in zip(
+                batch.events, replies[position : position + len(batch.events)], strict=True
+            ):
+                if isinstance(reply, BaseException):
+                    refused.append(event)
+                    error = error or reply
+                else:
+                    written.append(event)
+            position += len(batch.events)
+            splits.append((batch, written, refused))
+        hold = 0.0
+        if error is None:
+            self._failures = 0
+        else:
             self._failures += 1
             hold = self._clock.now() + REDIS_BACKOFF.backoff(self._failures)
             self.lanes.hold_until = dict.fromkeys(KINDS, hold)
-            outcomes.losses.record(
-                "redis-down", sum(len(b.events) for b in batches),
-                "Redis unreachable; will retry writing",
-                f"{type(error).__name__}: {error}"[:200],
-            )
-            self._landed(lambda batch: outcomes.requeue(
-                batch, batch.events, self._failures, 0.0, hold))
+            self._report(error, sum(len(refused) for _, _, refused in splits))
+        self._writing = []
+        for batch, written, refused in splits:
+            if written:
+                outcomes.sent(batch, written)
+            if refused:
+                outcomes.requeue(batch, refused, self._failures, 0.0, hold)
+            self.lanes.done(batch.kind)
+            self._store.landed(batch)
+
+    def _report(self, error: BaseException, count: int) -> None:
+        """A rate-limited warning for *count* events Redis did not take."""
+        if isinstance(error, redis.exceptions.ResponseError):
+            key, what = f"redis-refused:{type(error).__name__}", "Redis refused the write"
         else:
-            self._failures = 0
-            self._landed(lambda batch: outcomes.sent(batch, batch.events))
-        outcomes.progressed()
+            key, what = "redis-down", "Redis unreachable"
+        self._outcomes.losses.record(
+            key, count, f"{what}; will retry writing", f"{type(error).__name__}: {error}"[:200]
+        )
 
     def _landed(self, outcome: Callable[[Batch], None]) -> None:
         """Each batch being written gets its *outcome*, and leaves the lanes."""

@@ -33,6 +33,7 @@ __all__ = [
     "FORMAT_VERSION",
     "REDIS_BACKOFF",
     "REDIS_ERRORS",
+    "WRITE_ERRORS",
     "RedisUrl",
     "close_client",
     "connect",
@@ -57,6 +58,10 @@ REDIS_ERRORS: Final = (
     redis.exceptions.BusyLoadingError,
     OSError,
 )
+
+# A write that did not go in: Redis unreachable, or refusing it (full over maxmemory, a
+# read-only replica after a failover, ...). Held and retried; nothing is lost on any of them.
+WRITE_ERRORS: Final = (redis.exceptions.RedisError, OSError)
 
 # How long the fleet classes wait before trying Redis again after the n-th failure in a row.
 REDIS_BACKOFF: Final = RetryPolicy(
