@@ -24,6 +24,7 @@ from typing import Final
 
 import attrs
 
+from ._clock import MonotonicClock
 from ._delays import percentile
 from ._models import Cart, CartItem, ProductView
 from ._outcomes import Outcomes
@@ -156,8 +157,8 @@ class Outcome:
         return self.sent[kind] / requests if requests else 0.0
 
 
-class _VirtualTime:
-    """The simulation's clock: the time of the step being simulated."""
+class _VirtualTime(MonotonicClock):
+    """The simulation's clock: the time of the step being simulated (nothing waits on it)."""
 
     __slots__ = ("at",)
 
@@ -166,12 +167,6 @@ class _VirtualTime:
 
     def now(self) -> float:
         return self.at
-
-    async def wait(self, event: object, timeout: float) -> bool:  # pragma: no cover
-        raise RuntimeError("virtual time never waits")
-
-    async def sleep(self, seconds: float) -> None:  # pragma: no cover
-        raise RuntimeError("virtual time never waits")
 
 
 class _Flusher:
