@@ -6,7 +6,7 @@ the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :cla
 which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
 events read from a :class:`Source`.
 
-Only the writer thread changes ``Rows`` and ``Step`` (the loop reads ``Rows.seqs`` at close
+Only the writer thread changes ``Rows`` and ``Round`` (the loop reads ``Rows.seqs`` at close
 and ``Mark`` flags). A view's row is its number among the views the writer took; the map is
 keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal._writer``).
 Everything here is bulk work in C-level calls where it can be: the writer shares the GIL with
@@ -16,16 +16,28 @@ files (``_journal._db``) and the models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .._models import ProductView
 from .._wire import Event
 from ._db import JournalFile
 
-__all__ = ["Delete", "Forget", "Loaded", "Mark", "Recovered", "Rows", "Source", "Step", "Want"]
+__all__ = ["ROWS_PER_STEP", "Delete", "Forget", "Loaded", "Mark", "Recovered", "Round", "Rows",
+           "Source", "Want", "in_steps"]
+
+ROWS_PER_STEP: Final = 1000  # the most rows one writer step takes, numbers, encodes or writes
+_T = TypeVar("_T")
+
+
+def in_steps(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """*items* in steps of at most :data:`ROWS_PER_STEP`, giving up the GIL after each one."""
+    for start in range(0, len(items), ROWS_PER_STEP):
+        yield items[start : start + ROWS_PER_STEP]
+        time.sleep(0)  # releases the GIL: the event loop runs between steps
 
 
 # -- what the loop asks of the writer ---------------------------------------------------------
@@ -148,8 +160,8 @@ class Mark:
         self.lost = 0  # events the journal had failed to keep when the mark was done
 
 
-class Step:
-    """What one drain of the queue asks of the files."""
+class Round:
+    """What one round of the writer (one group commit) asks of the files."""
 
     __slots__ = ("by_source", "carts", "events", "first", "marks", "own_deletes", "skipped",
                  "views")
