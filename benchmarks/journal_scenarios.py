@@ -7,7 +7,11 @@ ordinary caller and throughput trials of the same run.
   settings, ``max_pending=10_000``) starts on it: seconds to the first 2xx, delivered events/s,
   peak events held, peak RSS growth, and bytes on disk per journaled view;
 - ``recovery-off``: the same N views built in the loop and handed over with ``await put()``
-  under the same settings, journal off: the rate recovery is compared with.
+  under the same settings, journal off: the rate recovery is compared with;
+- ``burst-on`` / ``burst-off``: a bulk producer enqueues N pre-built views in one burst (no
+  await between them), then a ticker sleeping 1 ms measures how late it wakes while
+  ``flush()`` delivers them and, journal on, ``sync()`` waits for the writer to commit them
+  (``journal_burst.py`` runs both side by side for 50k and 200k views).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from typing import Any
 
 from _common import (
     API_KEY,
+    CHUNK,
     PRODUCT_VIEWS,
     build_view,
     delivered,
+    percentile,
     raw_view,
     rss_bytes,
     voyado_caller,
@@ -113,6 +119,45 @@ async def _recovery_off(sink: str, n: int) -> dict[str, Any]:
             "seconds": elapsed}
 
 
+async def _burst(sink: str, n: int, journal: bool) -> dict[str, Any]:
+    import voyado_tracking as vt
+
+    views = [build_view(raw_view(i)) for i in range(n)]
+    settings = vt.FlushSettings(max_pending=n + CHUNK)
+    lateness: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        perf = time.perf_counter
+        while not done:
+            t0 = perf()
+            await asyncio.sleep(0.001)
+            lateness.append(perf() - t0 - 0.001)
+
+    with tempfile.TemporaryDirectory() as directory:
+        async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
+            buffer = vt.TrackingBuffer(client, settings,
+                                       journal=vt.Journal(directory) if journal else None)
+            async with buffer:
+                await buffer.flush()  # started (journal on: its recovery is over)
+                for view in views:  # the burst: no await, nothing runs in between
+                    buffer.enqueue(view)
+                del views
+                task = asyncio.create_task(ticker())
+                t0 = time.perf_counter()
+                await buffer.flush()
+                await buffer.sync()  # journal off: returns at once
+                elapsed = time.perf_counter() - t0
+                done = True
+                await task
+            stats = buffer.stats
+    assert stats.sent == n, stats
+    assert stats.journal_errors == 0, stats
+    ms = sorted(x * 1e3 for x in lateness) or [elapsed * 1e3]
+    return {"p99_ms": percentile(ms, 0.99), "max_ms": ms[-1], "ticks": len(ms),
+            "seconds": elapsed, "delivered": delivered(sink, PRODUCT_VIEWS)}
+
+
 def _with_journal(run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
                   **kwargs: Any) -> Trial:
     def trial(sink: str, n: int) -> dict[str, Any]:
@@ -127,4 +172,6 @@ TRIALS: dict[tuple[str, str], Trial] = {
     ("journal", "throughput-on"): _with_journal(voyado_throughput, prebuilt=False),
     ("journal", "recovery"): lambda sink, n: asyncio.run(_recovery(sink, n)),
     ("journal", "recovery-off"): lambda sink, n: asyncio.run(_recovery_off(sink, n)),
+    ("journal", "burst-on"): lambda sink, n: asyncio.run(_burst(sink, n, journal=True)),
+    ("journal", "burst-off"): lambda sink, n: asyncio.run(_burst(sink, n, journal=False)),
 }

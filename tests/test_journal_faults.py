@@ -264,7 +264,7 @@ def test_no_writer_step_takes_or_writes_more_than_1000_rows(tmp_path: Path) -> N
         return call
 
     take, add_views = writer._take, own.add_views
-    writer._take = record("take", take, lambda items, round_: len(items))  # type: ignore[method-assign]
+    writer._take = record("take", take, lambda items, *_: len(items))  # type: ignore[method-assign]
     own.add_views = record(  # type: ignore[method-assign]
         "views", add_views, lambda first, now, bodies: bodies.count(b'"item_id"'))
     own.add_carts = record("carts", own.add_carts, len)  # type: ignore[method-assign]

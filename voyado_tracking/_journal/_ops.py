@@ -6,9 +6,10 @@ the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :cla
 which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
 events read from a :class:`Source`.
 
-Only the writer thread changes ``Rows`` and ``Round`` (the loop reads ``Rows.seqs`` at close
-and ``Mark`` flags). A view's row is its number among the views the writer took; the map is
-keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal._writer``).
+Only the writer thread changes ``Rows``, ``Round`` and ``Step`` (the loop reads ``Rows.seqs``
+at close and ``Mark`` flags). A view's row is its number among the views the writer took; the
+map is keyed by ``id(view)``, which stays valid while the map holds it (see
+``_journal._writer``).
 Everything here is bulk work in C-level calls where it can be: the writer shares the GIL with
 the loop. No module of the journal imports one that imports it back: this one needs only the
 files (``_journal._db``) and the models.
@@ -17,6 +18,7 @@ files (``_journal._db``) and the models.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -27,7 +29,7 @@ from .._wire import Event
 from ._db import JournalFile
 
 __all__ = ["ROWS_PER_STEP", "Delete", "Forget", "Loaded", "Mark", "Recovered", "Round", "Rows",
-           "Source", "Want", "in_steps"]
+           "Source", "Step", "Want", "in_steps", "pop_step"]
 
 ROWS_PER_STEP: Final = 1000  # the most rows one writer step takes, numbers, encodes or writes
 _T = TypeVar("_T")
@@ -69,6 +71,21 @@ class Want:
     """The loop has room for *count* more recovered events."""
 
     count: int
+
+
+def pop_step(ops: deque[Any], todo: int) -> list[Any]:
+    """At most :data:`ROWS_PER_STEP` rows' worth of the *todo* first items of *ops*, taken
+    off it (an op counts the events it carries: freeing them is work too)."""
+    items: list[Any] = []
+    pop, add, room = ops.popleft, items.append, ROWS_PER_STEP
+    while room > 0 and len(items) < todo:
+        item = pop()
+        add(item)
+        room -= len(item.events) if type(item) in _CARRYING else 1
+    return items
+
+
+_CARRYING: Final = (Delete, Forget)  # the ops that carry events
 
 
 # -- what the writer hands back ---------------------------------------------------------------
@@ -161,23 +178,35 @@ class Mark:
 
 
 class Round:
-    """What one round of the writer (one group commit) asks of the files."""
+    """What one round of the writer (one group commit) took, wrote and still asks of the files
+    once it commits."""
 
-    __slots__ = ("by_source", "carts", "events", "first", "marks", "own_deletes", "skipped",
-                 "views")
+    __slots__ = ("by_source", "cart_deletes", "events", "marks", "own_deletes", "written")
+
+    def __init__(self) -> None:
+        self.events = 0  # events taken
+        self.written = 0  # rows inserted or upserted in this process's file (lost if it fails)
+        self.own_deletes: list[int] = []  # rows deleted there (retried if the commit fails)
+        self.cart_deletes: list[list[tuple[str, int]]] = []  # delivered carts, for every file
+        self.by_source: dict[Source, list[int]] = {}
+        self.marks: list[Mark] = []
+
+
+class Step:
+    """What one step (at most :data:`ROWS_PER_STEP` items off the queue) writes to this
+    process's file; it is written before the next step is taken."""
+
+    __slots__ = ("carts", "first", "own_deletes", "skipped", "views")
 
     def __init__(self, first: int) -> None:
         self.first = first  # the row number of views[0]
         self.views: list[ProductView] = []  # to insert, numbered consecutively
-        self.skipped: list[int] = []  # rows of views that left the buffer before this commit
+        self.skipped: list[int] = []  # rows of views that left the buffer before their write
         self.carts: list[tuple[str, Any]] = []  # in order: ("upsert", carts) | ("delete", pairs)
         self.own_deletes: list[int] = []
-        self.by_source: dict[Source, list[int]] = {}
-        self.marks: list[Mark] = []
-        self.events = 0  # events taken
 
-    def cart_deletes(self) -> list[list[tuple[str, int]]]:
-        return [pairs for what, pairs in self.carts if what == "delete"]
+    def __bool__(self) -> bool:
+        return bool(self.views or self.carts or self.own_deletes)
 
     def runs(self) -> list[tuple[int, list[ProductView]]]:
         """The views to insert as (first row, views) runs, without the skipped ones."""

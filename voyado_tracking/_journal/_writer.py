@@ -15,19 +15,17 @@ by the buffer until it is resolved, and the :class:`Delete` or :class:`Forget` o
 its entry carries the view itself.
 
 Its work holds the GIL the event loop needs, so it is done in bulk and in steps: a step takes
-at most ``ROWS_PER_STEP`` (1,000) rows off the queue with one call (numbering its views with one
-dict update), or encodes and inserts that many with one ``orjson.dumps`` and one statement,
-and the thread gives up the GIL between steps. A bulk producer's burst of 200,000 views is
-two hundred short steps the loop runs between, not one call that stalls it for tens of
-milliseconds; the round still commits once (SQLite runs without the GIL).
+at most ``ROWS_PER_STEP`` (1,000) rows off the queue, numbers its views with one dict update,
+encodes and inserts them with one ``orjson.dumps`` and one statement, and frees what only it
+held; the thread gives up the GIL between steps. A burst of 200,000 views is two hundred
+short steps the loop runs between, and the round still commits once.
 
 Carts are keyed by ``cart_reference``; their deletions compare instants and go to every open
-file, since a recovered cart and a fresh update of it may sit in two files. A cart row of an
-adopted file that such a deletion removes before recovery read it was superseded there: the
-loop counts it as recovered and collapsed.
+file (a recovered cart and a fresh update of it may sit in two), and a row they delete there
+before recovery read it counts as recovered and collapsed.
 
-Faults: a file that fails while being read is set aside like a corrupt one; the writer never
-ends without telling the loop (``on_closed``), which then stops waiting for it.
+A file that fails while being read is set aside like a corrupt one; the thread never ends
+without telling the loop (``on_closed``), which then stops waiting for it.
 """
 
 from __future__ import annotations
@@ -40,12 +38,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import groupby, repeat, starmap
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from .._models import Cart, ProductView
 from .._wire import Event
+from . import _ops
 from ._body import decode_cart, decode_view, encode_cart, encode_views
 from ._db import (
     CorruptFile,
@@ -56,7 +55,7 @@ from ._db import (
     journal_files,
     private_directory,
 )
-from ._ops import Delete, Forget, Loaded, Mark, Recovered, Round, Rows, Source, Want, in_steps
+from ._ops import Delete, Forget, Loaded, Mark, Recovered, Round, Rows, Source, Step, Want
 
 __all__ = ["Writer", "post_to"]
 
@@ -203,56 +202,77 @@ class Writer:
     # -- one round: write what is queued, then serve recovery ---------------------------------
 
     def _round(self) -> None:
-        ops = self.ops
-        round_ = Round(self.rows.last + 1)
-        # What is queued now, in steps (what arrives meanwhile waits for the next round).
-        for step in in_steps(range(len(ops))):
-            self._take(list(starmap(ops.popleft, repeat((), len(step)))), round_)
-        self.taken += round_.events
-        self._write_own(round_)
+        """One group commit: what is queued now (what arrives meanwhile waits for the next
+        round), taken and written a step at a time in one transaction, committed once."""
+        own, round_, begun, todo = self._own, Round(), False, len(self.ops)
+        try:
+            while todo:
+                items = _ops.pop_step(self.ops, todo)
+                todo -= len(items)
+                step = Step(self.rows.last + 1)
+                self._take(items, step, round_)
+                if own is not None and step:
+                    if not begun:
+                        own.begin()
+                        begun = True
+                    self._write(own, step, round_)
+                del items, step  # what only they held is freed here, a step's worth
+                time.sleep(0)  # releases the GIL: the event loop runs between steps
+            if begun and own is not None:
+                own.commit()
+        except sqlite3.Error as error:
+            assert own is not None  # only the file raises it
+            own.rollback()
+            self._fail(f"could not write to {own.path.name} ({error})")
+            self.lost += round_.written
+            if round_.own_deletes or round_.cart_deletes:
+                self._retry_deletes(own, round_)
+        if self.writing:
+            self.committed_seq = self.rows.last
         self.settled = self.taken
         for mark in round_.marks:
             mark.lost, mark.done = self.lost, True
         if round_.marks:
             self._post(self._on_commit)
-        deleted_carts = round_.cart_deletes()
         for source in self._sources:
-            self._delete_in(source, round_.by_source.get(source, ()), deleted_carts)
+            self._delete_in(source, round_.by_source.get(source, ()), round_.cart_deletes)
         self._sources = [s for s in self._sources if s.open]
         if not self._end_posted:
             self._recover()
 
-    def _take(self, items: list[Any], round_: Round) -> None:
+    def _take(self, items: list[Any], step: Step, round_: Round) -> None:
         """One step's items off the queue; runs of one type are handled together."""
         for kind, group in groupby(items, type):
             if kind is ProductView:
                 views = list(group)
+                self.taken += len(views)
                 round_.events += len(views)
                 if self.writing:
-                    round_.views.extend(views)
+                    step.views.extend(views)
                     self.rows.number(views)
                 else:
                     self.lost += len(views)
             elif kind is Cart:
                 carts = list(group)
+                self.taken += len(carts)
                 round_.events += len(carts)
                 if self.writing:
-                    round_.carts.append(("upsert", carts))
+                    step.carts.append(("upsert", carts))
                 else:
                     self.lost += len(carts)
             elif kind is Mark:
                 round_.marks.extend(group)
             else:
                 for op in group:
-                    self._take_op(op, round_)
+                    self._take_op(op, step, round_)
 
-    def _take_op(self, op: Delete | Forget | Recovered | Want, round_: Round) -> None:
+    def _take_op(self, op: Delete | Forget | Recovered | Want, step: Step, round_: Round) -> None:
         match op:
             case Delete(events):
-                for part in in_steps(events):
-                    self._delete(part, round_)
+                for part in _ops.in_steps(events):
+                    self._delete(part, step, round_)
             case Forget(events):  # their rows stay for the next start
-                for part in in_steps(events):
+                for part in _ops.in_steps(events):
                     self.rows.forget(part)
             case Recovered(by_source):
                 for source, seqs in by_source.items():
@@ -262,65 +282,46 @@ class Writer:
             case _:  # a bug on the loop's side: say so rather than guess
                 raise TypeError(f"the journal's writer got an unknown op {op!r}")
 
-    def _delete(self, events: Sequence[Event], round_: Round) -> None:
+    def _delete(self, events: Sequence[Event], step: Step, round_: Round) -> None:
         """*events* left the buffer: their rows go (a view not written yet is never written)."""
         rows = self.rows.forget(events)
         found = len(rows)
-        if rows and max(rows) >= round_.first:
-            round_.skipped.extend(r for r in rows if r >= round_.first)
-            rows = [r for r in rows if r < round_.first]
+        if rows and max(rows) >= step.first:
+            step.skipped.extend(r for r in rows if r >= step.first)
+            rows = [r for r in rows if r < step.first]
+        step.own_deletes.extend(rows)
         round_.own_deletes.extend(rows)
         if found < len(events):  # carts, or views not journaled
             pairs = [(e.cart_reference, instant_of(e)) for e in events if type(e) is Cart]
             if pairs:
-                round_.carts.append(("delete", pairs))
-
-    def _write_own(self, round_: Round) -> None:
-        own = self._own
-        runs = round_.runs()
-        if own is None or not (runs or round_.carts or round_.own_deletes):
-            if self.writing:
-                self.committed_seq = self.rows.last
-            return  # without a file, nothing was taken for writing (see _take)
-        try:
-            own.begin()
-            now = time.time()
-            for first, views in runs:
-                for part in in_steps(views):
-                    own.add_views(first, now, encode_views(list(part)))
-                    first += len(part)
-            self._write_deletes(own, round_, self.writing)
-            own.commit()
-        except sqlite3.Error as error:
-            own.rollback()
-            self._fail(f"could not write to {own.path.name} ({error})")
-            self.lost += len(round_.views) - len(round_.skipped) + sum(
-                len(carts) for what, carts in round_.carts if what == "upsert")
-            if round_.own_deletes or round_.cart_deletes():
-                self._retry_deletes(own, round_)
-            return
-        if self.writing:
-            self.committed_seq = self.rows.last
+                step.carts.append(("delete", pairs))
+                round_.cart_deletes.append(pairs)
 
     @staticmethod
-    def _write_deletes(own: JournalFile, round_: Round, writing: bool) -> None:
-        """The round's view deletions, then its cart upserts (while *writing*) and deletions
-        in their order, in steps."""
-        for seqs in in_steps(round_.own_deletes):
-            own.delete_views(seqs)
+    def _write(own: JournalFile, step: Step, round_: Round) -> None:
+        """One step's inserts, deletions and cart upserts (in their order), in the round's
+        transaction."""
         now = time.time()
-        for what, op in round_.carts:
+        for first, views in step.runs():
+            own.add_views(first, now, encode_views(views))
+            round_.written += len(views)
+        for seqs in _ops.in_steps(step.own_deletes):  # one Delete op may carry more
+            own.delete_views(seqs)
+        for what, op in step.carts:
             if what == "delete":
                 own.delete_carts(op)
-            elif writing:
-                for carts in in_steps(op):
-                    own.add_carts([(c.cart_reference, instant_of(c), now, encode_cart(c))
-                                   for c in carts])
+            else:
+                own.add_carts([(c.cart_reference, instant_of(c), now, encode_cart(c)) for c in op])
+                round_.written += len(op)
 
     def _retry_deletes(self, own: JournalFile, round_: Round) -> None:
+        """After a failed commit: the round's deletions again, alone."""
         try:
             own.begin()
-            self._write_deletes(own, round_, writing=False)
+            for seqs in _ops.in_steps(round_.own_deletes):
+                own.delete_views(seqs)
+            for pairs in round_.cart_deletes:
+                own.delete_carts(pairs)
             own.commit()
         except sqlite3.Error as error:
             own.rollback()
