@@ -238,9 +238,9 @@ class Journaling(Keeper):
         if writer is None:
             rest = own
         elif not writer.writing:  # only what was committed before the failure stays
-            seqs, committed = writer.rows.seqs, writer.committed_seq
+            row_of, committed = writer.rows.get, writer.committed_seq
             rest = [e for e in own if type(e) is not ProductView
-                    or seqs.get(id(e), committed + 1) > committed]
+                    or row_of(id(e), committed + 1) > committed]
         if writer is not None:
             self._ops.append(Forget(own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)

@@ -6,7 +6,7 @@ the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :cla
 which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
 events read from a :class:`Source`.
 
-Only the writer thread changes ``Rows``, ``Round`` and ``Step`` (the loop reads ``Rows.seqs``
+Only the writer thread changes ``Rows``, ``Round`` and ``Step`` (the loop reads ``Rows.get``
 at close and ``Mark`` flags). A view's row is its number among the views the writer took; the
 map is keyed by ``id(view)``, which stays valid while the map holds it (see
 ``_journal._writer``).
@@ -28,10 +28,11 @@ from .._models import ProductView
 from .._wire import Event
 from ._db import JournalFile
 
-__all__ = ["ROWS_PER_STEP", "Delete", "Forget", "Loaded", "Mark", "Recovered", "Round", "Rows",
-           "Source", "Step", "Want", "in_steps", "pop_step"]
+__all__ = ["PART", "ROWS_PER_STEP", "Delete", "Forget", "Loaded", "Mark", "Recovered", "Round",
+           "Rows", "Source", "Step", "Want", "in_steps", "pop_step"]
 
 ROWS_PER_STEP: Final = 1000  # the most rows one writer step takes, numbers, encodes or writes
+PART: Final = 16_384  # the most entries of one dict of Rows (growing one rehashes them all)
 _T = TypeVar("_T")
 
 
@@ -121,49 +122,74 @@ class Loaded(NamedTuple):
 
 
 class Rows:
-    """``id(view) -> row`` for the views of this process's file still in the buffer."""
+    """``id(view) -> row`` for the views of this process's file still in the buffer.
 
-    __slots__ = ("_repeats", "last", "seqs")
+    The map is a few dicts of at most :data:`PART` entries, newest last, not one dict: a dict
+    grows by rehashing all it holds in one call, which at 200,000 pending views held the GIL
+    for 10 ms. Views leave roughly in the order they came, so the oldest part empties first.
+    """
+
+    __slots__ = ("_parts", "_repeats", "last")
 
     def __init__(self) -> None:
-        self.seqs: dict[int, int] = {}
+        self._parts: list[dict[int, int]] = [{}]
         self._repeats: dict[int, list[int]] = {}  # more rows of a view object enqueued again
         self.last = 0  # the last row number given
+
+    def get(self, key: int, default: int) -> int:
+        """The row of the view with ``id`` *key* (read by the loop at close)."""
+        for part in self._parts:
+            row = part.get(key)
+            if row is not None:
+                return row
+        return default
 
     def number(self, views: list[ProductView]) -> None:
         """Give *views* the next rows (one dict update unless a view object repeats)."""
         first = self.last + 1
         self.last += len(views)
-        seqs, keys = self.seqs, list(map(id, views))
-        size = len(seqs)
-        if seqs.keys().isdisjoint(keys):
-            seqs.update(zip(keys, range(first, first + len(views)), strict=True))
-            if len(seqs) == size + len(views):
+        keys = list(map(id, views))
+        if len(self._parts[-1]) >= PART:
+            self._parts.append({})
+        young = self._parts[-1]
+        size = len(young)
+        if all(part.keys().isdisjoint(keys) for part in self._parts):
+            young.update(zip(keys, range(first, first + len(views)), strict=True))
+            if len(young) == size + len(views):
                 return
             for key in keys:  # a view appears twice in the run: undo, take the slow way
-                seqs.pop(key, None)
+                young.pop(key, None)
         for key, seq in zip(keys, range(first, first + len(views)), strict=True):
-            if key in seqs:
+            if any(key in part for part in self._parts):
                 self._repeats.setdefault(key, []).append(seq)
             else:
-                seqs[key] = seq
+                young[key] = seq
 
     def forget(self, events: Iterable[Event]) -> list[int]:
         """The rows of *events* (views of this file; others are skipped), removed from the map."""
-        seqs = self.seqs
+        keys, rows = list(map(id, events)), list[int]()
         if not self._repeats:
-            return list(filter(None, map(seqs.pop, map(id, events), repeat(None))))
-        rows: list[int] = []
-        for key in map(id, events):
-            seq = seqs.pop(key, None)
-            if seq is None:
-                continue
-            rows.append(seq)
-            more = self._repeats.get(key)
-            if more:
-                seqs[key] = more.pop(0)
-                if not more:
-                    del self._repeats[key]
+            for part in self._parts:  # C-level pops, part by part, oldest first
+                found: list[int | None] = list(map(part.pop, keys, repeat(None)))
+                rows.extend(filter(None, found))
+                if None not in found:
+                    break
+                keys = [key for key, row in zip(keys, found, strict=True) if row is None]
+                if not keys:
+                    break
+        else:
+            for key in keys:
+                seq = next(filter(None, (part.pop(key, None) for part in self._parts)), None)
+                if seq is None:
+                    continue
+                rows.append(seq)
+                more = self._repeats.get(key)
+                if more:
+                    self._parts[-1][key] = more.pop(0)
+                    if not more:
+                        del self._repeats[key]
+        if len(self._parts) > 1 and not self._parts[0]:
+            self._parts = [part for part in self._parts if part] or [{}]
         return rows
 
 
