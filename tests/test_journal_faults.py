@@ -278,3 +278,24 @@ def test_no_writer_step_takes_or_writes_more_than_1000_rows(tmp_path: Path) -> N
     totals = {name: sum(size for n, size in steps if n == name) for name, _ in steps}
     assert totals == {"take": 8001, "views": 5500, "carts": 2500, "deletes": 2500}
     writer._close_files()
+
+
+def test_the_row_map_finds_every_view_across_its_parts() -> None:
+    """Rows keeps several bounded dicts (growing one big dict stalls the loop): a view is
+    found in whichever part holds it, and emptied parts go."""
+    from voyado_tracking._journal._ops import PART, Rows
+
+    rows = Rows()
+    many = views("v", 3 * PART)
+    for start in range(0, len(many), ROWS_PER_STEP):
+        rows.number(many[start : start + ROWS_PER_STEP])
+    assert len(rows._parts) == 3
+    assert rows.get(id(many[-1]), 0) == 3 * PART
+    assert sorted(rows.forget([many[5], many[-5], many[PART + 5]])) == [
+        6, PART + 6, 3 * PART - 4]
+    assert sorted(rows.forget(many[: 2 * PART])) == [
+        seq for seq in range(1, 2 * PART + 1) if seq not in (6, PART + 6)]
+    assert len(rows._parts) == 2  # the oldest emptied and went
+    assert len(rows.forget(many[2 * PART :])) == PART - 1
+    assert len(rows._parts) == 1
+    assert rows.get(id(many[5]), 0) == 0
