@@ -61,3 +61,15 @@ def test_tradeoffs_script_prints_the_table_for_every_rate() -> None:
     assert "| events/s | flush_interval | req/s (100) | p99 delay (100) |" in done.stdout
     for rate in ("| 50 |", "| 500 |", "| 5,000 |"):
         assert rate in done.stdout
+
+
+def test_journal_burst_script_prints_both_sides_and_the_verdict() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "journal_burst.py"), "--sizes", "200",
+         "--rounds", "1", "--timeout", "60"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 200 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["off", "on"], done.stdout
+    assert "n/a" not in rows[1], rows[1]
