@@ -7,7 +7,13 @@ ordinary caller and throughput trials of the same run.
   settings, ``max_pending=10_000``) starts on it: seconds to the first 2xx, delivered events/s,
   peak events held, peak RSS growth, and bytes on disk per journaled view;
 - ``recovery-off``: the same N views built in the loop and handed over with ``await put()``
-  under the same settings, journal off: the rate recovery is compared with.
+  under the same settings, journal off: the rate recovery is compared with;
+- ``burst-on`` / ``burst-off``: a bulk producer enqueues N pre-built views in one burst (no
+  await between them), then a ticker sleeping 1 ms measures how late it wakes while
+  ``flush()`` delivers them and, journal on, ``sync()`` waits for the writer to commit them
+  (``journal_burst.py`` runs both side by side for 50k and 200k views). Full (generation 2)
+  garbage collections in that window are counted and timed, and the maximum lateness outside
+  them reported too: they walk the whole heap, whoever triggers them.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from typing import Any
 
 from _common import (
     API_KEY,
+    CHUNK,
     PRODUCT_VIEWS,
     build_view,
     delivered,
+    percentile,
     raw_view,
     rss_bytes,
     voyado_caller,
@@ -119,6 +127,66 @@ async def _recovery_off(sink: str, n: int) -> dict[str, Any]:
             "seconds": elapsed}
 
 
+async def _burst(sink: str, n: int, journal: bool) -> dict[str, Any]:
+    import voyado_tracking as vt
+
+    views = [build_view(raw_view(i)) for i in range(n)]
+    settings = vt.FlushSettings(max_pending=n + CHUNK)
+    ticks: list[tuple[float, float]] = []  # (start, lateness)
+    full_gcs: list[tuple[float, float]] = []  # (start, end) of full collections in the window
+    done = False
+
+    async def ticker() -> None:
+        perf = time.perf_counter
+        while not done:
+            t0 = perf()
+            await asyncio.sleep(0.001)
+            ticks.append((t0, perf() - t0 - 0.001))
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # A full collection walks the whole heap (here 1M+ objects of the benchmark's own
+        # views) on whichever thread allocates when it is due: reported beside the lateness.
+        if info["generation"] == 2:
+            if phase == "start":
+                full_gcs.append((time.perf_counter(), float("inf")))
+            elif full_gcs:
+                full_gcs[-1] = (full_gcs[-1][0], time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as directory:
+        async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
+            buffer = vt.TrackingBuffer(client, settings,
+                                       journal=vt.Journal(directory) if journal else None)
+            async with buffer:
+                await buffer.flush()  # started (journal on: its recovery is over)
+                for view in views:  # the burst: no await, nothing runs in between
+                    buffer.enqueue(view)
+                del views
+                # Both sides start from a collected heap: a full collection left due by
+                # building the views would otherwise land in the window of whichever side
+                # allocates first (journal on, the views are freed later, on the writer).
+                gc.collect()
+                task = asyncio.create_task(ticker())
+                gc.callbacks.append(on_gc)
+                t0 = time.perf_counter()
+                await buffer.flush()
+                await buffer.sync()  # journal off: returns at once
+                elapsed = time.perf_counter() - t0
+                done = True
+                await task
+                gc.callbacks.remove(on_gc)
+            stats = buffer.stats
+    assert stats.sent == n, stats
+    assert stats.journal_errors == 0, stats
+    ms = sorted(late * 1e3 for _, late in ticks) or [elapsed * 1e3]
+    clear = [late * 1e3 for start, late in ticks
+             if not any(a < start + late + 0.001 and b > start for a, b in full_gcs)]
+    return {"p99_ms": percentile(ms, 0.99), "max_ms": ms[-1], "ticks": len(ms),
+            "max_outside_full_gc_ms": max(clear, default=ms[-1]),
+            "full_gcs": len(full_gcs),
+            "full_gc_ms": max((b - a for a, b in full_gcs), default=0.0) * 1e3,
+            "seconds": elapsed, "delivered": delivered(sink, PRODUCT_VIEWS)}
+
+
 def _with_journal(run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
                   **kwargs: Any) -> Trial:
     def trial(sink: str, n: int) -> dict[str, Any]:
@@ -133,4 +201,6 @@ TRIALS: dict[tuple[str, str], Trial] = {
     ("journal", "throughput-on"): _with_journal(voyado_throughput, prebuilt=False),
     ("journal", "recovery"): lambda sink, n: asyncio.run(_recovery(sink, n)),
     ("journal", "recovery-off"): lambda sink, n: asyncio.run(_recovery_off(sink, n)),
+    ("journal", "burst-on"): lambda sink, n: asyncio.run(_burst(sink, n, journal=True)),
+    ("journal", "burst-off"): lambda sink, n: asyncio.run(_burst(sink, n, journal=False)),
 }

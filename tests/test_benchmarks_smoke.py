@@ -71,3 +71,15 @@ def test_identify_benchmark_prints_its_table() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     for row in ("`identify()`, cookie path, µs/call", "`decode_eclub()`, µs/call"):
         assert f"| {row} |" in done.stdout, done.stdout
+
+
+def test_journal_burst_script_prints_both_sides_and_the_verdict() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "journal_burst.py"), "--sizes", "200",
+         "--rounds", "1", "--timeout", "60"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 200 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["off", "on"], done.stdout
+    assert "n/a" not in rows[1], rows[1]

@@ -452,7 +452,7 @@ def stepping_writer(directory: Path) -> Any:
     writer = Writer(directory, "owner", synchronous="NORMAL", commit_interval=1.0,
                     max_bytes=10**9, post=lambda callback, *args: None,
                     on_loaded=lambda loaded, done: None, on_commit=lambda: None,
-                    on_closed=lambda: None)
+                    on_closed=lambda: None, on_superseded=lambda count: None)
     writer._open()
     return writer
 
@@ -464,11 +464,11 @@ def test_views_that_leave_the_buffer_before_their_commit_are_never_written(
     delivered, pending = [view(f"d{i}") for i in range(5)], [view("p")]
     changes = writer._own.db.total_changes
     writer.ops.extend([*delivered, *pending, Delete(delivered)])
-    writer._step()
+    writer._round()
     assert writer._own.db.total_changes - changes == 1  # one insert, no insert-then-delete
     assert rows(tmp_path) == 1
     writer.ops.append(Delete(pending))
-    writer._step()
+    writer._round()
     assert rows(tmp_path) == 0
     writer._close_files()
 
@@ -479,13 +479,13 @@ def test_a_view_object_enqueued_twice_keeps_a_row_until_both_are_resolved(
     writer = stepping_writer(tmp_path)
     twice = view("twice")
     writer.ops.extend([twice, view("other"), twice])
-    writer._step()
+    writer._round()
     assert rows(tmp_path) == 3
     writer.ops.append(Delete([twice]))
-    writer._step()
+    writer._round()
     assert rows(tmp_path) == 2
     writer.ops.append(Delete([twice]))
-    writer._step()
+    writer._round()
     assert rows(tmp_path) == 1
     writer._close_files()
 
@@ -495,7 +495,7 @@ def test_the_writer_refuses_an_op_it_does_not_know(tmp_path: Path) -> None:
     writer = stepping_writer(tmp_path)
     writer.ops.append(("delete", [view("a")]))
     with pytest.raises(TypeError, match="unknown op"):
-        writer._step()
+        writer._round()
     writer._close_files()
 
 

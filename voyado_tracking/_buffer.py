@@ -15,7 +15,8 @@ Split the way aiokafka splits its producer, with OpenTelemetry's one shared core
 
 No silent loss: every drop, dead letter and undelivered shutdown is logged (rate-limited, with
 counts that add up, see ``_losslog``) as well as counted; a buffer that is garbage-collected
-or still open at interpreter exit while holding events logs an error with the count.
+or still open at interpreter exit while holding events logs an error with the count (a
+collected buffer's journal commits what is queued and releases its file).
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ class TrackingBuffer(Intake):
     async def _close_resources(self, deadline: float, grace: float) -> None:
         if self._journaling is not None:
             await self._journaling.aclose(deadline - self._clock.now())
+
+    def _abandoned(self) -> None:
+        if self._journaling is not None:
+            self._journaling.abandon()  # its file is released for the next start
 
     def _held(self) -> str:
         s = self._store

@@ -303,12 +303,17 @@ class Intake(Lifecycle):
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", State.CLOSED) in (State.NEW, State.OPEN):
             held = self._report_unclosed("it was garbage-collected")
+            self._abandoned()
             if held:
                 _warn(
                     f"{type(self).__name__} garbage-collected with {held} undelivered events; "
                     f"close it with 'await {self._noun}.aclose()'",
                     ResourceWarning, source=self, stacklevel=1,
                 )
+
+    def _abandoned(self) -> None:
+        """Collected without being closed: let go of what would outlive the sink (a thread,
+        files). Thread-safe: the collector may run on any thread."""
 
     def _report_unclosed(self, why: str) -> int:
         """Log (as an error) the events a sink that was never closed still holds."""

@@ -238,6 +238,12 @@ class Outcomes:
         """Take *event*, recovered from a journal; True when the drain should wake."""
         return self.store.add_recovered(event, now)
 
+    def superseded(self, count: int) -> None:
+        """*count* cart updates a journal held were superseded there by a delivered newer
+        update before recovery read them: recovered, and collapsed into that update."""
+        self.store.recovered += count
+        self.store.collapsed += count
+
     def expired(self, event: Event) -> None:
         """*event*, recovered from a journal, is too old to deliver."""
         self.store.recovered += 1

@@ -16,7 +16,14 @@ Recovery streams: the writer reads the files of processes that are gone (and thi
 earlier buffers) in chunks the loop asks for when it has room under ``max_pending``; a
 chunk that arrives when room is short waits aside (at most one chunk) until room frees.
 Recovered events are counted as ``recovered``; those written more than ``max_age`` seconds
-ago are dropped as ``"expired"``.
+ago are dropped as ``"expired"``, and cart rows a delivered newer update deleted before they
+were read are counted as recovered and collapsed.
+
+The writer thread holds this side only weakly (its callbacks check that it still lives), so a
+buffer never closed is garbage-collected; its collection closes the writer, which commits
+what is queued and releases its file for the next start. When the writer thread ends, after
+a close or a failure, this side stops waiting for it: recovery is over, new events are no
+longer journaled, and ``flush()`` and ``sync()`` return or raise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -136,7 +144,8 @@ class Journaling(Keeper):
         writer = Writer(
             j.directory, self._owner, synchronous=_SYNCHRONOUS[j.durability],
             commit_interval=j.commit_interval, max_bytes=j.max_bytes, post=post_to(loop),
-            on_loaded=self._loaded, on_commit=self._on_commit, on_closed=self._on_closed,
+            on_loaded=_weakly(self._loaded), on_commit=_weakly(self._on_commit),
+            on_closed=_weakly(self._on_closed), on_superseded=_weakly(self._outcomes.superseded),
         )
         self._writer = writer
         self._ops = writer.ops
@@ -157,6 +166,12 @@ class Journaling(Keeper):
             log.error("the journal did not finish its last commit within %.1f s; what it "
                       "had not committed is lost if the process ends now", timeout)
 
+    def abandon(self) -> None:
+        """The buffer was collected unclosed: the writer commits what is queued, then
+        releases its file for the next start (thread-safe: collection may run anywhere)."""
+        if self._writer is not None:
+            self._writer.close()
+
     def _on_commit(self) -> None:
         if self._writer is not None and not self._writer.writing:
             self.append = self._unjournaled  # the writer would only count them
@@ -166,6 +181,17 @@ class Journaling(Keeper):
         self.unjournaled += 1
 
     def _on_closed(self) -> None:
+        """The writer thread ended (closed, or failed): stop waiting for it."""
+        writer = self._writer
+        if writer is not None and writer.ops:  # events it never took: in memory only
+            self.unjournaled += sum(type(op) is ProductView or type(op) is Cart
+                                    for op in writer.ops)
+            writer.ops.clear()
+        self.append = self._unjournaled
+        self._ops = deque(maxlen=0)  # nothing reads them any more
+        if not self._closing and not self._read_all:  # what it did not read stays in files
+            self._read_all, self._asking = True, False
+            self._take_parked()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._committed.set()
@@ -202,9 +228,9 @@ class Journaling(Keeper):
         if writer is None:
             rest = own
         elif not writer.writing:  # only what was committed before the failure stays
-            seqs, committed = writer.rows.seqs, writer.committed_seq
+            row_of, committed = writer.rows.get, writer.committed_seq
             rest = [e for e in own if type(e) is not ProductView
-                    or seqs.get(id(e), committed + 1) > committed]
+                    or row_of(id(e), committed + 1) > committed]
         if writer is not None:
             self._ops.append(Forget(own))  # their rows stay: the writer drops its entries
         kept_count = len(events) - len(rest)
@@ -327,3 +353,15 @@ class Journaling(Keeper):
         if self._read_all and not parked and self._recovery_marks is None:
             self._recovery_marks = self._store.marks()
             outcomes.notify()
+
+
+def _weakly(method: Callable[..., object]) -> Callable[..., None]:
+    """*method*, called only while its object lives (the writer must not keep it alive)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call

@@ -78,6 +78,11 @@ _DELETE_CARTS: Final = (
     "DELETE FROM carts WHERE rowid IN (SELECT carts.rowid FROM json_each(?) AS j "
     "JOIN carts ON carts.ref = j.value ->> 0 AND carts.instant <= j.value ->> 1)"
 )
+_COUNT_CARTS: Final = (
+    "SELECT count(DISTINCT carts.rowid) FROM json_each(?) AS j JOIN carts "
+    "ON carts.ref = j.value ->> 0 "
+    "AND carts.instant <= j.value ->> 1 WHERE carts.rowid > ?"
+)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -262,9 +267,17 @@ class JournalFile:
         """Delete the views of *seqs*: one statement, however many (the GIL is free inside)."""
         self.db.execute(_DELETE_VIEWS, (orjson.dumps(seqs),))
 
-    def delete_carts(self, delivered: Sequence[tuple[str, int]]) -> None:
-        """Delete carts up to the delivered instant (a newer pending update stays)."""
-        self.db.execute(_DELETE_CARTS, (orjson.dumps(delivered),))
+    def delete_carts(
+        self, delivered: Sequence[tuple[str, int]], *, unread_after: int | None = None
+    ) -> int:
+        """Delete carts up to the delivered instant (a newer pending update stays); return
+        how many of the deleted rows come after row *unread_after* (0 when None)."""
+        pairs = orjson.dumps(delivered)
+        unread = 0
+        if unread_after is not None:
+            unread = self.db.execute(_COUNT_CARTS, (pairs, unread_after)).fetchone()[0]
+        self.db.execute(_DELETE_CARTS, (pairs,))
+        return int(unread)
 
     def delete_cart_rows(self, rowids: Sequence[int]) -> None:
         self.db.executemany("DELETE FROM carts WHERE rowid = ?", ((r,) for r in rowids))

@@ -6,9 +6,10 @@ the frozen ops below (:class:`Delete`, :class:`Forget`, :class:`Recovered`, :cla
 which the writer tells apart with a ``match``. The writer answers with :class:`Loaded`
 events read from a :class:`Source`.
 
-Only the writer thread changes ``Rows`` and ``Step`` (the loop reads ``Rows.seqs`` at close
-and ``Mark`` flags). A view's row is its number among the views the writer took; the map is
-keyed by ``id(view)``, which stays valid while the map holds it (see ``_journal._writer``).
+Only the writer thread changes ``Rows``, ``Round`` and ``Step`` (the loop reads ``Rows.get``
+at close and ``Mark`` flags). A view's row is its number among the views the writer took; the
+map is keyed by ``id(view)``, which stays valid while the map holds it (see
+``_journal._writer``).
 Everything here is bulk work in C-level calls where it can be: the writer shares the GIL with
 the loop. No module of the journal imports one that imports it back: this one needs only the
 files (``_journal._db``) and the models.
@@ -16,16 +17,30 @@ files (``_journal._db``) and the models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .._models import ProductView
 from .._wire import Event
 from ._db import JournalFile
 
-__all__ = ["Delete", "Forget", "Loaded", "Mark", "Recovered", "Rows", "Source", "Step", "Want"]
+__all__ = ["PART", "ROWS_PER_STEP", "Delete", "Forget", "Loaded", "Mark", "Recovered", "Round",
+           "Rows", "Source", "Step", "Want", "in_steps", "pop_step"]
+
+ROWS_PER_STEP: Final = 1000  # the most rows one writer step takes, numbers, encodes or writes
+PART: Final = 16_384  # the most entries of one dict of Rows (growing one rehashes them all)
+_T = TypeVar("_T")
+
+
+def in_steps(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """*items* in steps of at most :data:`ROWS_PER_STEP`, giving up the GIL after each one."""
+    for start in range(0, len(items), ROWS_PER_STEP):
+        yield items[start : start + ROWS_PER_STEP]
+        time.sleep(0)  # releases the GIL: the event loop runs between steps
 
 
 # -- what the loop asks of the writer ---------------------------------------------------------
@@ -57,6 +72,21 @@ class Want:
     """The loop has room for *count* more recovered events."""
 
     count: int
+
+
+def pop_step(ops: deque[Any], todo: int) -> list[Any]:
+    """At most :data:`ROWS_PER_STEP` rows' worth of the *todo* first items of *ops*, taken
+    off it (an op counts the events it carries: freeing them is work too)."""
+    items: list[Any] = []
+    pop, add, room = ops.popleft, items.append, ROWS_PER_STEP
+    while room > 0 and len(items) < todo:
+        item = pop()
+        add(item)
+        room -= len(item.events) if type(item) in _CARRYING else 1
+    return items
+
+
+_CARRYING: Final = (Delete, Forget)  # the ops that carry events
 
 
 # -- what the writer hands back ---------------------------------------------------------------
@@ -92,49 +122,74 @@ class Loaded(NamedTuple):
 
 
 class Rows:
-    """``id(view) -> row`` for the views of this process's file still in the buffer."""
+    """``id(view) -> row`` for the views of this process's file still in the buffer.
 
-    __slots__ = ("_repeats", "last", "seqs")
+    The map is a few dicts of at most :data:`PART` entries, newest last, not one dict: a dict
+    grows by rehashing all it holds in one call, which at 200,000 pending views held the GIL
+    for 10 ms. Views leave roughly in the order they came, so the oldest part empties first.
+    """
+
+    __slots__ = ("_parts", "_repeats", "last")
 
     def __init__(self) -> None:
-        self.seqs: dict[int, int] = {}
+        self._parts: list[dict[int, int]] = [{}]
         self._repeats: dict[int, list[int]] = {}  # more rows of a view object enqueued again
         self.last = 0  # the last row number given
+
+    def get(self, key: int, default: int) -> int:
+        """The row of the view with ``id`` *key* (read by the loop at close)."""
+        for part in self._parts:
+            row = part.get(key)
+            if row is not None:
+                return row
+        return default
 
     def number(self, views: list[ProductView]) -> None:
         """Give *views* the next rows (one dict update unless a view object repeats)."""
         first = self.last + 1
         self.last += len(views)
-        seqs, keys = self.seqs, list(map(id, views))
-        size = len(seqs)
-        if seqs.keys().isdisjoint(keys):
-            seqs.update(zip(keys, range(first, first + len(views)), strict=True))
-            if len(seqs) == size + len(views):
+        keys = list(map(id, views))
+        if len(self._parts[-1]) >= PART:
+            self._parts.append({})
+        young = self._parts[-1]
+        size = len(young)
+        if all(part.keys().isdisjoint(keys) for part in self._parts):
+            young.update(zip(keys, range(first, first + len(views)), strict=True))
+            if len(young) == size + len(views):
                 return
             for key in keys:  # a view appears twice in the run: undo, take the slow way
-                seqs.pop(key, None)
+                young.pop(key, None)
         for key, seq in zip(keys, range(first, first + len(views)), strict=True):
-            if key in seqs:
+            if any(key in part for part in self._parts):
                 self._repeats.setdefault(key, []).append(seq)
             else:
-                seqs[key] = seq
+                young[key] = seq
 
     def forget(self, events: Iterable[Event]) -> list[int]:
         """The rows of *events* (views of this file; others are skipped), removed from the map."""
-        seqs = self.seqs
+        keys, rows = list(map(id, events)), list[int]()
         if not self._repeats:
-            return list(filter(None, map(seqs.pop, map(id, events), repeat(None))))
-        rows: list[int] = []
-        for key in map(id, events):
-            seq = seqs.pop(key, None)
-            if seq is None:
-                continue
-            rows.append(seq)
-            more = self._repeats.get(key)
-            if more:
-                seqs[key] = more.pop(0)
-                if not more:
-                    del self._repeats[key]
+            for part in self._parts:  # C-level pops, part by part, oldest first
+                found: list[int | None] = list(map(part.pop, keys, repeat(None)))
+                rows.extend(filter(None, found))
+                if None not in found:
+                    break
+                keys = [key for key, row in zip(keys, found, strict=True) if row is None]
+                if not keys:
+                    break
+        else:
+            for key in keys:
+                seq = next(filter(None, (part.pop(key, None) for part in self._parts)), None)
+                if seq is None:
+                    continue
+                rows.append(seq)
+                more = self._repeats.get(key)
+                if more:
+                    self._parts[-1][key] = more.pop(0)
+                    if not more:
+                        del self._repeats[key]
+        if len(self._parts) > 1 and not self._parts[0]:
+            self._parts = [part for part in self._parts if part] or [{}]
         return rows
 
 
@@ -148,24 +203,36 @@ class Mark:
         self.lost = 0  # events the journal had failed to keep when the mark was done
 
 
-class Step:
-    """What one drain of the queue asks of the files."""
+class Round:
+    """What one round of the writer (one group commit) took, wrote and still asks of the files
+    once it commits."""
 
-    __slots__ = ("by_source", "carts", "events", "first", "marks", "own_deletes", "skipped",
-                 "views")
+    __slots__ = ("by_source", "cart_deletes", "events", "marks", "own_deletes", "written")
+
+    def __init__(self) -> None:
+        self.events = 0  # events taken
+        self.written = 0  # rows inserted or upserted in this process's file (lost if it fails)
+        self.own_deletes: list[int] = []  # rows deleted there (retried if the commit fails)
+        self.cart_deletes: list[list[tuple[str, int]]] = []  # delivered carts, for every file
+        self.by_source: dict[Source, list[int]] = {}
+        self.marks: list[Mark] = []
+
+
+class Step:
+    """What one step (at most :data:`ROWS_PER_STEP` items off the queue) writes to this
+    process's file; it is written before the next step is taken."""
+
+    __slots__ = ("carts", "first", "own_deletes", "skipped", "views")
 
     def __init__(self, first: int) -> None:
         self.first = first  # the row number of views[0]
         self.views: list[ProductView] = []  # to insert, numbered consecutively
-        self.skipped: list[int] = []  # rows of views that left the buffer before this commit
+        self.skipped: list[int] = []  # rows of views that left the buffer before their write
         self.carts: list[tuple[str, Any]] = []  # in order: ("upsert", carts) | ("delete", pairs)
         self.own_deletes: list[int] = []
-        self.by_source: dict[Source, list[int]] = {}
-        self.marks: list[Mark] = []
-        self.events = 0  # events taken
 
-    def cart_deletes(self) -> list[list[tuple[str, int]]]:
-        return [pairs for what, pairs in self.carts if what == "delete"]
+    def __bool__(self) -> bool:
+        return bool(self.views or self.carts or self.own_deletes)
 
     def runs(self) -> list[tuple[int, list[ProductView]]]:
         """The views to insert as (first row, views) runs, without the skipped ones."""

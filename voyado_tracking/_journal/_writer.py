@@ -5,18 +5,27 @@ takes a lock and does nothing else for the journal): events to write (a ``Produc
 ``Cart`` itself), :class:`Mark` objects for ``sync()``, and the ops of ``_journal._ops``:
 deletions (:class:`Delete` for events that left the buffer, :class:`Recovered` for recovered
 views that did), :class:`Forget` for events whose rows stay at close, and :class:`Want` for
-recovered events. The thread drains it at most ``commit_interval`` apart, in one transaction
-per file, and answers on the loop with ``call_soon_threadsafe``.
+recovered events. The thread drains it at most ``commit_interval`` apart, one round at a time:
+a round takes what is queued when it begins and writes it in one transaction per file (one
+group commit), then answers on the loop with ``call_soon_threadsafe``.
 
 The thread owns the view-to-row map: it numbers the views in the order it takes them and
 records ``id(view) -> row``. An id stays valid as long as the map holds it: the view is held
 by the buffer until it is resolved, and the :class:`Delete` or :class:`Forget` op that ends
-its entry carries the view itself. Its work holds the GIL the event loop needs, so it is done in
-bulk: the queue is drained with one call, a step's views are numbered with one dict update,
-encoded with one ``orjson.dumps`` and inserted with one statement, and a batch's deletions
-are one op and one statement (SQLite runs without the GIL). Carts are keyed by
-``cart_reference``; their deletions compare instants and go to every open file, since a
-recovered cart and a fresh update of it may sit in two files.
+its entry carries the view itself.
+
+Its work holds the GIL the event loop needs, so it is done in bulk and in steps: a step takes
+at most ``ROWS_PER_STEP`` (1,000) rows off the queue, numbers its views with one dict update,
+encodes and inserts them with one ``orjson.dumps`` and one statement, and frees what only it
+held; the thread gives up the GIL between steps. A burst of 200,000 views is two hundred
+short steps the loop runs between, and the round still commits once.
+
+Carts are keyed by ``cart_reference``; their deletions compare instants and go to every open
+file (a recovered cart and a fresh update of it may sit in two), and a row they delete there
+before recovery read it counts as recovered and collapsed.
+
+A file that fails while being read is set aside like a corrupt one; the thread never ends
+without telling the loop (``on_closed``), which then stops waiting for it.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from itertools import groupby, repeat, starmap
+from collections.abc import Callable, Sequence
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from .._models import Cart, ProductView
 from .._wire import Event
+from . import _ops
 from ._body import decode_cart, decode_view, encode_cart, encode_views
 from ._db import (
     CorruptFile,
@@ -45,7 +55,7 @@ from ._db import (
     journal_files,
     private_directory,
 )
-from ._ops import Delete, Forget, Loaded, Mark, Recovered, Rows, Source, Step, Want
+from ._ops import Delete, Forget, Loaded, Mark, Recovered, Round, Rows, Source, Step, Want
 
 __all__ = ["Writer", "post_to"]
 
@@ -67,6 +77,7 @@ class Writer:
         on_loaded: Callable[[list[Loaded], bool], None],
         on_commit: Callable[[], None],
         on_closed: Callable[[], None],
+        on_superseded: Callable[[int], None],
     ) -> None:
         self.ops: deque[Any] = deque()
         self.writing = True  # False once the journal fell back to memory only (loop reads it)
@@ -86,6 +97,7 @@ class Writer:
         self._on_loaded = on_loaded
         self._on_commit = on_commit
         self._on_closed = on_closed
+        self._on_superseded = on_superseded
         self._urgent = threading.Event()
         self._stopping = False
         self._own: JournalFile | None = None
@@ -116,7 +128,7 @@ class Writer:
                 self._urgent.wait(max(0.0, last + self._interval - time.monotonic()))
                 self._urgent.clear()
                 stopping = self._stopping
-                self._step()
+                self._round()
                 last = time.monotonic()
                 if stopping and not self.ops:
                     break
@@ -124,9 +136,13 @@ class Writer:
             log.exception("the journal's writer thread failed; the journal stops writing")
             self._fail("an unexpected error")
         finally:
-            self._close_files()
-            self.finished = True
-            self._post(self._on_closed)
+            try:
+                self._close_files()
+            except Exception:
+                log.exception("the journal could not close its files")
+            finally:  # the loop stops waiting for this thread (flush, sync, recovery)
+                self.finished = True
+                self._post(self._on_closed)
 
     def _open(self) -> None:
         try:
@@ -163,7 +179,11 @@ class Writer:
             log.error("cannot open journal file %s: %s; left alone", path, error)
             return
         if file is not None:
-            carts, views = file.counts()
+            try:
+                carts, views = file.counts()
+            except sqlite3.Error as error:  # opened, but a damaged page fails the read
+                self._set_aside(file, error)
+                return
             log.info("recovering %d carts and %d product views from journal file %s",
                      carts, views, path.name)
             self._sources.append(Source(file))
@@ -179,16 +199,54 @@ class Writer:
             )
         self._post(self._on_commit)  # sync() waiters must learn it
 
-    # -- one step: write what is queued, then serve recovery ----------------------------------
+    # -- one round: write what is queued, then serve recovery ---------------------------------
 
-    def _step(self) -> None:
-        ops = self.ops
-        step = Step(self.rows.last + 1)
-        # One C-level call drains the queue; runs of one type are handled together.
-        for kind, group in groupby(list(starmap(ops.popleft, repeat((), len(ops)))), type):
+    def _round(self) -> None:
+        """One group commit: what is queued now (what arrives meanwhile waits for the next
+        round), taken and written a step at a time in one transaction, committed once."""
+        own, round_, begun, todo = self._own, Round(), False, len(self.ops)
+        try:
+            while todo:
+                items = _ops.pop_step(self.ops, todo)
+                todo -= len(items)
+                step = Step(self.rows.last + 1)
+                self._take(items, step, round_)
+                if own is not None and step:
+                    if not begun:
+                        own.begin()
+                        begun = True
+                    self._write(own, step, round_)
+                del items, step  # what only they held is freed here, a step's worth
+                time.sleep(0)  # releases the GIL: the event loop runs between steps
+            if begun and own is not None:
+                own.commit()
+        except sqlite3.Error as error:
+            assert own is not None  # only the file raises it
+            own.rollback()
+            self._fail(f"could not write to {own.path.name} ({error})")
+            self.lost += round_.written
+            if round_.own_deletes or round_.cart_deletes:
+                self._retry_deletes(own, round_)
+        if self.writing:
+            self.committed_seq = self.rows.last
+        self.settled = self.taken
+        for mark in round_.marks:
+            mark.lost, mark.done = self.lost, True
+        if round_.marks:
+            self._post(self._on_commit)
+        for source in self._sources:
+            self._delete_in(source, round_.by_source.get(source, ()), round_.cart_deletes)
+        self._sources = [s for s in self._sources if s.open]
+        if not self._end_posted:
+            self._recover()
+
+    def _take(self, items: list[Any], step: Step, round_: Round) -> None:
+        """One step's items off the queue; runs of one type are handled together."""
+        for kind, group in groupby(items, type):
             if kind is ProductView:
                 views = list(group)
-                step.events += len(views)
+                self.taken += len(views)
+                round_.events += len(views)
                 if self.writing:
                     step.views.extend(views)
                     self.rows.number(views)
@@ -196,45 +254,35 @@ class Writer:
                     self.lost += len(views)
             elif kind is Cart:
                 carts = list(group)
-                step.events += len(carts)
+                self.taken += len(carts)
+                round_.events += len(carts)
                 if self.writing:
                     step.carts.append(("upsert", carts))
                 else:
                     self.lost += len(carts)
             elif kind is Mark:
-                step.marks.extend(group)
+                round_.marks.extend(group)
             else:
                 for op in group:
-                    self._take_op(op, step)
-        self.taken += step.events
-        self._write_own(step)
-        self.settled = self.taken
-        for mark in step.marks:
-            mark.lost, mark.done = self.lost, True
-        if step.marks:
-            self._post(self._on_commit)
-        deleted_carts = step.cart_deletes()
-        for source in self._sources:
-            self._delete_in(source, step.by_source.get(source, ()), deleted_carts)
-        self._sources = [s for s in self._sources if s.open]
-        if not self._end_posted:
-            self._recover()
+                    self._take_op(op, step, round_)
 
-    def _take_op(self, op: Delete | Forget | Recovered | Want, step: Step) -> None:
+    def _take_op(self, op: Delete | Forget | Recovered | Want, step: Step, round_: Round) -> None:
         match op:
             case Delete(events):
-                self._delete(events, step)
+                for part in _ops.in_steps(events):
+                    self._delete(part, step, round_)
             case Forget(events):  # their rows stay for the next start
-                self.rows.forget(events)
+                for part in _ops.in_steps(events):
+                    self.rows.forget(part)
             case Recovered(by_source):
                 for source, seqs in by_source.items():
-                    step.by_source.setdefault(source, []).extend(seqs)
+                    round_.by_source.setdefault(source, []).extend(seqs)
             case Want(count):
                 self._wanted += count
             case _:  # a bug on the loop's side: say so rather than guess
                 raise TypeError(f"the journal's writer got an unknown op {op!r}")
 
-    def _delete(self, events: list[Event], step: Step) -> None:
+    def _delete(self, events: Sequence[Event], step: Step, round_: Round) -> None:
         """*events* left the buffer: their rows go (a view not written yet is never written)."""
         rows = self.rows.forget(events)
         found = len(rows)
@@ -242,54 +290,38 @@ class Writer:
             step.skipped.extend(r for r in rows if r >= step.first)
             rows = [r for r in rows if r < step.first]
         step.own_deletes.extend(rows)
+        round_.own_deletes.extend(rows)
         if found < len(events):  # carts, or views not journaled
             pairs = [(e.cart_reference, instant_of(e)) for e in events if type(e) is Cart]
             if pairs:
                 step.carts.append(("delete", pairs))
-
-    def _write_own(self, step: Step) -> None:
-        own = self._own
-        runs = step.runs()
-        if own is None or not (runs or step.carts or step.own_deletes):
-            if self.writing:
-                self.committed_seq = self.rows.last
-            return  # without a file, nothing was taken for writing (see _take_views)
-        try:
-            own.begin()
-            now = time.time()
-            for first, views in runs:
-                own.add_views(first, now, encode_views(views))
-            if step.own_deletes:
-                own.delete_views(step.own_deletes)
-            self._write_carts(own, step.carts, self.writing)
-            own.commit()
-        except sqlite3.Error as error:
-            own.rollback()
-            self._fail(f"could not write to {own.path.name} ({error})")
-            self.lost += len(step.views) - len(step.skipped) + sum(
-                len(carts) for what, carts in step.carts if what == "upsert")
-            if step.own_deletes or step.cart_deletes():
-                self._retry_deletes(own, step)
-            return
-        if self.writing:
-            self.committed_seq = self.rows.last
+                round_.cart_deletes.append(pairs)
 
     @staticmethod
-    def _write_carts(own: JournalFile, carts: list[tuple[str, Any]], writing: bool) -> None:
-        """Cart upserts and deletions in their order (a run of each is one call)."""
+    def _write(own: JournalFile, step: Step, round_: Round) -> None:
+        """One step's inserts, deletions and cart upserts (in their order), in the round's
+        transaction."""
         now = time.time()
-        for what, op in carts:
+        for first, views in step.runs():
+            own.add_views(first, now, encode_views(views))
+            round_.written += len(views)
+        for seqs in _ops.in_steps(step.own_deletes):  # one Delete op may carry more
+            own.delete_views(seqs)
+        for what, op in step.carts:
             if what == "delete":
                 own.delete_carts(op)
-            elif writing:
+            else:
                 own.add_carts([(c.cart_reference, instant_of(c), now, encode_cart(c)) for c in op])
+                round_.written += len(op)
 
-    def _retry_deletes(self, own: JournalFile, step: Step) -> None:
+    def _retry_deletes(self, own: JournalFile, round_: Round) -> None:
+        """After a failed commit: the round's deletions again, alone."""
         try:
             own.begin()
-            if step.own_deletes:
-                own.delete_views(step.own_deletes)
-            self._write_carts(own, step.carts, writing=False)
+            for seqs in _ops.in_steps(round_.own_deletes):
+                own.delete_views(seqs)
+            for pairs in round_.cart_deletes:
+                own.delete_carts(pairs)
             own.commit()
         except sqlite3.Error as error:
             own.rollback()
@@ -299,27 +331,36 @@ class Writer:
                    carts: list[list[tuple[str, int]]]) -> None:
         file = source.file
         try:
+            superseded = 0
             if seqs or carts:
+                # Cart rows recovery has not read yet: a delivered newer update supersedes them.
+                unread = None if source.carts_done else source.cart_after
                 file.begin()
                 if seqs:
                     file.delete_views(seqs)
                 for pairs in carts:
-                    file.delete_carts(pairs)
+                    superseded += file.delete_carts(pairs, unread_after=unread)
                 file.commit()
+            if superseded:
+                self._post(self._on_superseded, superseded)
             if source.exhausted and file.is_empty():
                 file.remove()
                 source.open = False
                 log.info("journal file %s fully recovered; removed", file.path.name)
         except sqlite3.Error as error:
             file.rollback()
-            self._set_aside(source, error)
+            source.open = False
+            self._set_aside(file, error)
 
-    def _set_aside(self, source: Source, error: BaseException) -> None:
+    def _set_aside(self, file: JournalFile, error: BaseException) -> None:
+        """*file* failed while being read or written: renamed aside (``.corrupt``), logged."""
         self.errors += 1
-        source.open = False
-        target = source.file.set_aside()
-        log.error("journal file %s failed (%s); set aside as %s", source.file.path.name,
-                  error, target.name)
+        try:
+            target = file.set_aside().name
+        except OSError as rename_error:  # it stays where it is, unlocked
+            file.release()
+            target = f"nothing (renaming failed: {rename_error}); left alone"
+        log.error("journal file %s failed (%s); set aside as %s", file.path.name, error, target)
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -333,7 +374,8 @@ class Writer:
             try:
                 loaded.extend(self._read(source, self._wanted - len(loaded)))
             except sqlite3.Error as error:
-                self._set_aside(source, error)
+                source.open = False
+                self._set_aside(source.file, error)
         self._sources = [s for s in self._sources if s.open]
         self._wanted -= len(loaded)
         done = all(s.exhausted for s in self._sources)
