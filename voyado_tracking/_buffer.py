@@ -27,7 +27,7 @@ from pathlib import Path
 from ._client import TrackingClient
 from ._clock import Clock, MonotonicClock
 from ._intake import Intake
-from ._journal import Journal, Journaling
+from ._journal import Journal
 from ._outcomes import DeadLetterHook, DropHook, Outcomes
 from ._sender import Sender
 from ._settings import FlushSettings
@@ -75,11 +75,15 @@ class TrackingBuffer(Intake):
             client_closed=lambda: client.closed,
         )
         self._sender = Sender(outcomes, client.transport.post, settings, clock=clock)
-        journaling = None if journal is None else Journaling(
-            journal, outcomes, client.transport.fingerprint("journal"), clock=clock,
-            wake=self._sender.wake, spooling=spool_path is not None,
-        )
-        if journaling is not None:
+        journaling = None
+        if journal is not None:
+            # Imported here: SQLite and the writer load only for a buffer with a journal.
+            from ._journal._journaling import Journaling
+
+            journaling = Journaling(
+                journal, outcomes, client.transport.fingerprint("journal"), clock=clock,
+                wake=self._sender.wake, spooling=spool_path is not None,
+            )
             outcomes.keeper = journaling  # told where events end; keeps them at close
         super().__init__(settings, outcomes, self._sender, clock, journaling)
         self._journaling = journaling
