@@ -7,9 +7,12 @@ not use Redis run without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any
@@ -131,3 +134,36 @@ def run_then_collect(main: Coroutine[Any, Any, None]) -> None:
     when unreferenced, or at the latest here."""
     asyncio.run(main)
     gc.collect()
+
+
+class FakeServerProcess:
+    """A running ``voyado-tracking fake-server`` subprocess and what it printed first."""
+
+    def __init__(self, process: asyncio.subprocess.Process, settings: dict[str, str]) -> None:
+        self.process = process
+        self.base_url = settings["VOYADO_BASE_URL"]
+        self.api_key = settings["VOYADO_API_KEY"]
+
+    async def stop(self) -> bytes:
+        """SIGTERM, then wait for the exit; returns what it wrote on stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(self.process.communicate(), 20)
+        return err
+
+
+@contextlib.asynccontextmanager
+async def fake_server_process(*args: str) -> AsyncIterator[FakeServerProcess]:
+    """Start ``voyado-tracking fake-server ARGS``, read its URL and key line; killed at the
+    end if the test did not stop it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "fake-server", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        yield FakeServerProcess(process, dict(part.split("=", 1) for part in first.split()))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

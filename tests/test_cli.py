@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import orjson
 import pytest
-from conftest import CONTACT, cart
+from conftest import CONTACT, cart, fake_server_process
 
 import voyado_tracking as vt
 from voyado_tracking._eventfile import event_to_line, line_to_event
@@ -489,50 +489,25 @@ async def test_the_spool_must_not_be_the_file_being_sent(tmp_path: Path) -> None
 
 
 async def test_fake_server_prints_url_and_key_on_one_line_and_stops_on_sigterm() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voyado_tracking", "fake-server", "--api-key", "k-123",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-        settings = dict(part.split("=", 1) for part in first.split())
-        assert settings["VOYADO_API_KEY"] == "k-123"
-        assert settings["VOYADO_BASE_URL"].startswith("http://127.0.0.1:")
-        async with vt.TrackingClient(settings["VOYADO_BASE_URL"], "k-123") as client:
+    async with fake_server_process("--api-key", "k-123") as server:
+        assert server.api_key == "k-123"
+        assert server.base_url.startswith("http://127.0.0.1:")
+        async with vt.TrackingClient(server.base_url, "k-123") as client:
             await client.register_product_view(view("SKU-1"))
-        process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0
+        err = await server.stop()
+    assert server.process.returncode == 0
     assert b"1 product views" in err
 
 
 async def test_fake_server_dump_writes_what_it_received_on_sigterm(tmp_path: Path) -> None:
     dump = tmp_path / "state.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voyado_tracking", "fake-server", "--dump", str(dump),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-        settings = dict(part.split("=", 1) for part in first.split())
-        async with vt.TrackingClient(settings["VOYADO_BASE_URL"],
-                                     settings["VOYADO_API_KEY"]) as client:
+    async with fake_server_process("--dump", str(dump)) as server:
+        async with vt.TrackingClient(server.base_url, server.api_key) as client:
             await client.register_product_view(view("SKU-1"))
             await client.register_carts([cart("c-1", 0, "SKU-1", minute=5), cart("c-1", minute=1)])
         assert not dump.exists()  # written on exit, not before
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0
+        await server.stop()
+    assert server.process.returncode == 0
     state = orjson.loads(dump.read_bytes())
     assert state["carts"]["c-1"]["items"] == [{"sku": "SKU-1", "quantity": 1}]  # latest time
     assert [v["itemId"] for v in state["productViews"]] == ["SKU-1"]

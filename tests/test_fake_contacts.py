@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from conftest import fake_server_process
 from test_cli import run_cli
 
 import voyado_tracking as vt
@@ -114,25 +112,12 @@ async def test_fake_server_serves_the_contacts_of_a_file(tmp_path: Path) -> None
         + orjson.dumps({"mobilePhone": "+46701234567", "contactType": "Contact"}).decode()
         + "\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voyado_tracking", "fake-server", "--contacts", str(contacts),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        first = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
-        settings = dict(part.split("=", 1) for part in first.split())
-        async with vt.TrackingClient(settings["VOYADO_BASE_URL"],
-                                     settings["VOYADO_API_KEY"]) as client:
+    async with fake_server_process("--contacts", str(contacts)) as server:
+        async with vt.TrackingClient(server.base_url, server.api_key) as client:
             assert await client.find_contact_id(email="Anna@Example.com") == CONTACT
             assert await client.find_contact_id(mobile_phone="+46701234567") is not None
-        process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0
+        err = await server.stop()
+    assert server.process.returncode == 0
     assert b"2 contacts" in err
 
 
