@@ -29,6 +29,8 @@ FULL_CART = vt.Cart("c1", CONTACT, [vt.CartItem("SKU-1", 2), vt.CartItem("SKU-2"
                     time="2024-05-01T10:00:00-05:00", language="en-US",
                     url="https://shop.example/cart")
 
+CHECKED_OUT = vt.Cart.checked_out("c1", CONTACT, time="2024-05-01T10:00:00-05:00")
+
 
 def names(cls: type) -> set[str]:
     return {a.name for a in attrs.fields(cls)}
@@ -44,8 +46,18 @@ def test_a_body_holds_every_field_of_the_model_by_name() -> None:
     assert set(view_body(FULL_VIEW)) == names(vt.ProductView)
     assert set(view_body(FULL_VIEW)["utm"][0]) == names(vt.Utm)  # type: ignore[index]
     cart = orjson.loads(encode_cart(FULL_CART))
-    assert set(cart) == names(vt.Cart)
+    assert set(cart) == names(vt.Cart) - {"checkout"}  # only written when true
     assert set(cart["items"][0]) == names(vt.CartItem)
+    checked_out = orjson.loads(encode_cart(CHECKED_OUT))
+    assert set(checked_out) - {"language", "url"} == names(vt.Cart) - {"language", "url"}
+
+
+def test_a_checked_out_cart_keeps_its_flag_through_the_journal() -> None:
+    assert orjson.loads(encode_cart(CHECKED_OUT))["checkout"] is True
+    back = decode_cart(encode_cart(CHECKED_OUT))
+    assert back.checkout is True
+    assert back == CHECKED_OUT
+    assert decode_cart(encode_cart(FULL_CART)).checkout is False
 
 
 def test_every_field_survives_the_round_trip() -> None:

@@ -186,7 +186,7 @@ KW = "KEYWORD_ONLY"
             [
                 (n, POS)
                 for n in ("cart_reference", "contact_id", "items", "time", "language", "url")
-            ],
+            ] + [("checkout", KW)],
         ),
         ("Utm", [("key", POS), ("value", POS)]),
         (

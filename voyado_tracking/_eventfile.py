@@ -1,8 +1,10 @@
 """JSON Lines event files: the input of ``voyado-tracking send`` and the buffer's spool.
 
 One object per line: ``{"type": "cart" | "product_view", "event": {<camelCase wire fields>}}``.
-Other keys (the spool adds ``"reason"``) are ignored on the way in, so a spool replays as it
-is. Reading is line-numbered and tolerant the way a file edited by hand needs: a byte order
+A cart made by ``Cart.checked_out`` adds ``"checkout": true`` at the top level (never inside
+``event``, which is exactly what Voyado receives); a reader that does not know the key ignores
+it, and the cart's time, stamped ahead, still does the work. Other keys (the spool adds
+``"reason"``) are ignored on the way in, so a spool replays as it is. Reading is line-numbered and tolerant the way a file edited by hand needs: a byte order
 mark on the first line and blank lines are skipped; every other problem is an
 :class:`InvalidEventError` for the caller to report with the line's number.
 """
@@ -15,7 +17,10 @@ from typing import Final
 
 import orjson
 
-from ._errors import InvalidEventError
+import attrs
+
+from ._errors import InvalidEventError, shorten
+from ._models import Cart
 from ._wire import TYPE_NAMES, Event, event_from_wire, event_to_wire
 
 __all__ = ["append_events", "event_to_line", "line_to_event", "parse_line"]
@@ -25,7 +30,10 @@ _BOM: Final = b"\xef\xbb\xbf"
 
 def event_to_line(event: Event, **extra: str) -> bytes:
     """One JSON Lines record: ``{"type": ..., "event": {...}, **extra}`` and a newline."""
-    record = {"type": TYPE_NAMES[type(event)], "event": event_to_wire(event), **extra}
+    record: dict[str, object] = {"type": TYPE_NAMES[type(event)], "event": event_to_wire(event),
+                                 **extra}
+    if type(event) is Cart and event.checkout:
+        record["checkout"] = True
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -46,7 +54,15 @@ def line_to_event(line: bytes | str) -> Event:
         raise InvalidEventError("line", "must be a JSON object with 'type' and 'event'")
     if "event" not in record:
         raise InvalidEventError("event", "is required")
-    return event_from_wire(record.get("type"), record["event"])  # type: ignore[arg-type]
+    event = event_from_wire(record.get("type"), record["event"])  # type: ignore[arg-type]
+    checkout = record.get("checkout")
+    if checkout is None or checkout is False:
+        return event
+    if checkout is not True:
+        raise InvalidEventError("checkout", f"must be true or false, got {shorten(checkout)}")
+    if type(event) is not Cart:
+        raise InvalidEventError("checkout", "only a cart can be checked out")
+    return attrs.evolve(event, checkout=True)
 
 
 def parse_line(raw: bytes, number: int) -> Event | None:

@@ -11,6 +11,7 @@ strings must be valid UTF-8 text (no lone surrogates) and at most ``MAX_TEXT`` c
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -218,12 +219,27 @@ class CartItem:
     quantity: int = attrs.field(validator=_quantity)
 
 
+def _checkout(instance: Cart, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not bool:
+        raise InvalidEventError(attribute.name, f"must be a bool, got {type(value).__name__}")
+    if value and instance.items:
+        raise InvalidEventError(
+            attribute.name, f"a checked-out cart has no items, got {len(instance.items)}"
+        )
+
+
 @attrs.frozen
 class Cart:
     """The state of a shopper's cart at ``time``.
 
-    Send an emptied or checked-out cart with ``items=()``: Engage then stops the abandoned-cart
-    flow for it. Only the update with the latest ``time`` (by instant) counts.
+    Send an emptied cart with ``items=()``: Engage then stops the abandoned-cart flow for it.
+    Only the update with the latest ``time`` (by instant) counts. Send a checkout with
+    :meth:`Cart.checked_out`, which stamps it ahead so that no later-arriving update of the
+    cart can win over it.
+
+    ``checkout`` marks a cart made by :meth:`checked_out`. It is a local note, never sent to
+    Voyado and not part of equality: a checked-out cart equals the emptied cart Voyado
+    receives.
     """
 
     cart_reference: str = attrs.field(validator=_text)
@@ -234,6 +250,36 @@ class Cart:
     time: datetime = attrs.field(factory=_utc_now, converter=parse_time)
     language: str | None = attrs.field(default=None, validator=_language)
     url: str | None = attrs.field(default=None, validator=_url)
+    checkout: bool = attrs.field(default=False, eq=False, kw_only=True, validator=_checkout)
+
+    @classmethod
+    def checked_out(
+        cls,
+        cart_reference: str,
+        contact_id: str | UUID,
+        *,
+        time: datetime | str | None = None,
+        skew: float = 5.0,
+    ) -> Cart:
+        """The emptied cart of a checkout, stamped *skew* seconds after *time* (default now).
+
+        Stamped ahead, it wins the plain latest-by-time rule (in the buffer, the journal,
+        the fleet's stream and at Voyado) against every update of the cart stamped up to
+        *skew* seconds after the checkout, such as one from a worker whose clock runs ahead.
+        An update stamped later than that is a new cart under the same reference: use one
+        ``cart_reference`` per order, or ``skew=0``.
+        """
+        if (not isinstance(skew, (int, float)) or isinstance(skew, bool)
+                or not math.isfinite(skew) or skew < 0):
+            raise InvalidEventError("skew", f"must be a finite number of seconds >= 0, got "
+                                    f"{shorten(skew)}")
+        base = _utc_now() if time is None else parse_time(time)
+        try:
+            stamped = base + timedelta(seconds=skew)
+        except OverflowError:
+            raise InvalidEventError("skew", f"moves time {shorten(time)} past the year 9999"
+                                    ) from None
+        return cls(cart_reference, contact_id, (), stamped, checkout=True)
 
 
 @attrs.frozen
@@ -294,8 +340,8 @@ def _setters(cls: type, names: str) -> tuple[Callable[[Any, Any], None], ...]:
 _set_sku, _set_quantity = _setters(CartItem, "sku quantity")
 (
     _set_reference, _set_cart_contact, _set_items, _set_cart_time, _set_cart_language,
-    _set_cart_url,
-) = _setters(Cart, "cart_reference contact_id items time language url")
+    _set_cart_url, _set_checkout,
+) = _setters(Cart, "cart_reference contact_id items time language url checkout")
 (
     _set_item_id, _set_contact, _set_time, _set_category, _set_session, _set_new_session,
     _set_language, _set_url, _set_referrer, _set_utm,
@@ -324,6 +370,8 @@ def _cart_init(
     time: datetime | str = _NOTHING,
     language: str | None = None,
     url: str | None = None,
+    *,
+    checkout: bool = False,
 ) -> None:
     checked: tuple[CartItem, ...] | None = None
     kind = type(items)
@@ -343,6 +391,7 @@ def _cart_init(
                                   and _culture(language) is not None))
         and (url is None or (type(url) is str and url.isascii() and len(url) <= MAX_URL
                              and _plain_url(url) is not None))
+        and checkout is False
     ):
         _set_reference(self, cart_reference)
         _set_cart_contact(self, contact_id)
@@ -350,8 +399,9 @@ def _cart_init(
         _set_cart_time(self, _now(_UTC) if time is _NOTHING else time)
         _set_cart_language(self, language)
         _set_cart_url(self, url)
+        _set_checkout(self, False)
         return
-    _full_cart(self, cart_reference, contact_id, items, time, language, url)
+    _full_cart(self, cart_reference, contact_id, items, time, language, url, checkout=checkout)
 
 
 def _product_view_init(

@@ -62,6 +62,9 @@ TYPE_NAMES: Final[dict[type[Event], EventType]] = {Cart: "cart", ProductView: "p
 
 # Fields sent even when empty: an emptied cart must say so.
 _ALWAYS_SENT: Final = frozenset({(Cart, "items")})
+# Fields that are never on the wire, either way: a cart's checkout flag is a local note (in
+# event files it is the record's top-level "checkout" key, see _eventfile).
+_NOT_ON_WIRE: Final = frozenset({(Cart, "checkout")})
 
 
 def camel(name: str) -> str:
@@ -83,7 +86,7 @@ _converter.register_unstructure_hook_func(
 
 def _unstructure_factory(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
     overrides = {
-        a.name: override(
+        a.name: override(omit=True) if (cls, a.name) in _NOT_ON_WIRE else override(
             rename=camel(a.name),
             omit_if_default=(cls, a.name) not in _ALWAYS_SENT and a.default in (None, ()),
         )
@@ -188,6 +191,8 @@ def _spec(cls: type) -> _Spec:
     fields: dict[str, tuple[str, type | None]] = {}
     required: list[str] = []
     for a in attrs.fields(cls):
+        if (cls, a.name) in _NOT_ON_WIRE:
+            continue
         fields[camel(a.name)] = (a.name, _NESTED.get((cls, a.name)))
         if a.default is attrs.NOTHING or (cls, a.name) in _REQUIRED_ON_WIRE:
             required.append(camel(a.name))

@@ -2,7 +2,7 @@
 
 Format 2 (this version's) is the event as a JSON object keyed by its constructor's argument
 names, a UTM or cart item as an object too; a field that is ``None`` (or an empty ``utm``) is
-left out::
+left out (so is a cart's ``checkout`` flag unless it is true)::
 
     {"item_id": "SKU-1", "contact_id": "3fa8...", "time": "2024-05-01T10:00:00+02:00",
      "url": "https://shop.example/p/1", "utm": [{"key": "utm_source", "value": "mail"}]}
@@ -78,6 +78,8 @@ def encode_cart(cart: Cart) -> bytes:
         body["language"] = cart.language
     if cart.url is not None:
         body["url"] = cart.url
+    if cart.checkout:
+        body["checkout"] = True
     return orjson.dumps(body, default=_nested)
 
 

@@ -1,8 +1,9 @@
 """Simulated shop traffic, and the oracle of what Voyado should end up holding.
 
 :func:`shop_traffic` plays shoppers in virtual time: sessions of product views (session ids,
-categories, UTM parameters, referrers), items added and removed, and checkouts sent as
-emptied carts, each shopper in the culture and UTC offset of its locale. It reads no clock:
+categories, UTM parameters, referrers), items added and removed, and checkouts sent with
+``Cart.checked_out`` (or, with ``checkout_skew=None``, as plain emptied carts: the mistake
+that rule prevents), each shopper in the culture and UTC offset of its locale. It reads no clock:
 the same arguments always give the same events, in the same order (by instant, ties in
 shopper order), so a demo, a soak test or a benchmark run can be repeated exactly.
 
@@ -84,12 +85,23 @@ class _Shopper:
         return Cart(reference, self.contact_id, items=[CartItem(s, q) for s, q in items.items()],
                     time=self.now(), language=self.language, url=f"{_SHOP}/cart")
 
+    def checkout(self, reference: str, skew: float | None) -> Cart:
+        """The cart emptied at checkout: ``Cart.checked_out`` stamped *skew* ahead, or a
+        plain emptied update (None)."""
+        if skew is None:
+            return self.cart(reference, {})
+        done = Cart.checked_out(reference, self.contact_id, time=self.now(), skew=skew)
+        # The shopper's next event comes after the checkout's stamp: each shopper's events
+        # stay in time order, which the merge in shop_traffic relies on.
+        self.last_micro += round(skew * 1e6)
+        return attrs.evolve(done, language=self.language, url=f"{_SHOP}/cart")
+
     def wait(self, mean: float) -> None:
         self.clock += self.rng.expovariate(1.0 / mean)
 
 
 def _visits(
-    shopper: _Shopper, view_share: float, checkout_share: float
+    shopper: _Shopper, view_share: float, checkout_share: float, checkout_skew: float | None
 ) -> Iterator[Event]:
     """A shopper's events, forever."""
     rng = shopper.rng
@@ -129,7 +141,7 @@ def _visits(
             shopper.wait(shopper.think)
         if items and rng.random() < checkout_share:
             items.clear()  # checked out: an emptied cart stops the abandoned-cart mail
-            yield shopper.cart(reference, items)
+            yield shopper.checkout(reference, checkout_skew)
         shopper.wait(shopper.think * 3)
 
 
@@ -142,24 +154,28 @@ def shop_traffic(
     checkout_share: float = 0.45,
     think: float = 20.0,
     start: datetime = DEFAULT_START,
+    checkout_skew: float | None = 5.0,
 ) -> list[Event]:
     """*events* events of *shoppers* simulated shoppers, in order of their ``time``.
 
     ``view_share`` is the share of a visit's steps that are product views (0 gives cart
     updates only), ``checkout_share`` the share of filled carts checked out (sent emptied)
     at the end of a visit, ``think`` the mean virtual seconds between a shopper's steps, and
-    ``start`` the instant the shop opens. Every product view is distinct (its shopper's clock
+    ``start`` the instant the shop opens, ``checkout_skew`` the ``skew`` of the checkouts'
+    ``Cart.checked_out`` (None: plain emptied carts, unmarked). Every product view is distinct (its shopper's clock
     only moves forward), so a lost view can be told from a duplicate. Carts still open when
     the traffic ends stay as they are: abandoned.
     """
     if events < 0 or shoppers < 1:
         raise ValueError("shop_traffic needs events >= 0 and shoppers >= 1")
+    if checkout_skew is not None and not 0.0 <= checkout_skew < float("inf"):
+        raise ValueError("shop_traffic needs checkout_skew >= 0 (finite) or None")
     if not (0.0 <= view_share < 1.0 and 0.0 <= checkout_share <= 1.0 and think > 0):
         raise ValueError("shop_traffic needs 0 <= view_share < 1, 0 <= checkout_share <= 1 "
                          "and think > 0")
     streams = [
         _visits(_Shopper(n, random.Random(f"shop-{seed}-{n}"), start, think),
-                view_share, checkout_share)
+                view_share, checkout_share, checkout_skew)
         for n in range(shoppers)
     ]
     # Merged by instant; the shopper's number breaks ties (events themselves never compare).
