@@ -71,8 +71,8 @@ def test_star_import_exports_exactly_all() -> None:
 
 def test_testing_module_exports() -> None:
     assert vt_testing.__all__ == [
-        "Chaos", "FakeClock", "FakeVoyado", "Fault", "RecordedRequest", "latest_carts",
-        "make_eclub", "shop_traffic",
+        "Chaos", "EngageMail", "FakeClock", "FakeVoyado", "Fault", "RecordedRequest",
+        "latest_carts", "make_eclub", "shop_traffic",
     ]
 
 

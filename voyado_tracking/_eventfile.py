@@ -4,9 +4,10 @@ One object per line: ``{"type": "cart" | "product_view", "event": {<camelCase wi
 A cart made by ``Cart.checked_out`` adds ``"checkout": true`` at the top level (never inside
 ``event``, which is exactly what Voyado receives); a reader that does not know the key ignores
 it, and the cart's time, stamped ahead, still does the work. Other keys (the spool adds
-``"reason"``) are ignored on the way in, so a spool replays as it is. Reading is line-numbered and tolerant the way a file edited by hand needs: a byte order
-mark on the first line and blank lines are skipped; every other problem is an
-:class:`InvalidEventError` for the caller to report with the line's number.
+``"reason"``) are ignored on the way in, so a spool replays as it is. Reading is
+line-numbered and tolerant the way a file edited by hand needs: a byte order mark on the
+first line and blank lines are skipped; every other problem is an :class:`InvalidEventError`
+for the caller to report with the line's number.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import os
 from collections.abc import Iterable
 from typing import Final
 
-import orjson
-
 import attrs
+import orjson
 
 from ._errors import InvalidEventError, shorten
 from ._models import Cart

@@ -41,7 +41,7 @@ def add_fake_server(commands: Commands) -> None:
         description="Run FakeVoyado standalone. Prints 'VOYADO_BASE_URL=... "
         "VOYADO_API_KEY=...' on one line of stdout, then serves until Ctrl-C or SIGTERM. "
         "GET <url>/_fake/state shows what it received: carts by latest time, product views "
-        "and request counts, as JSON.",
+        "and request counts, and the mails Engage would send by now, as JSON.",
     )
     fake.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     fake.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -67,6 +67,9 @@ def add_fake_server(commands: Commands) -> None:
                       help="contacts for the lookup endpoint GET /api/v3/contacts/id: JSON "
                       "Lines, one object a line with any of contactId, email, mobilePhone, "
                       "socialSecurityNumber, customKey, contactType")
+    fake.add_argument("--abandon-after", type=non_negative, default=1800.0, metavar="SECONDS",
+                      help="idle time before Engage's abandoned-cart and abandoned-browse "
+                      "mails, as the fake emulates them in engageMails (default 1800)")
     fake.add_argument("--dump", metavar="FILE",
                       help="on exit (Ctrl-C or SIGTERM), write what the fake received to FILE "
                       "as JSON: the same data as GET /_fake/state while it runs")
@@ -84,7 +87,7 @@ def _fake(args: argparse.Namespace) -> FakeVoyado:
     if args.dump is not None and not os.access(Path(args.dump).parent, os.W_OK):
         raise UsageError(f"cannot write --dump {args.dump}: its directory is not writable")
     fake = FakeVoyado(api_key=args.api_key, host=args.host, port=args.port,
-                      rate_limit=args.rate_limit)
+                      rate_limit=args.rate_limit, abandon_after=args.abandon_after)
     fake.latency = args.latency
     for contact in _contacts(args.contacts):
         fake.add_contact(**contact)

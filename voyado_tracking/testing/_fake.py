@@ -28,6 +28,8 @@ import random
 import ssl
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -46,6 +48,7 @@ from .._wire import (
     structure,
 )
 from ._contacts import LOOKUP, ContactBook
+from ._engage import Engage
 from ._faults import Chaos, Fault, RecordedRequest
 
 __all__ = ["STATE_PATH", "FakeVoyado"]
@@ -66,6 +69,9 @@ class FakeVoyado(ContactBook, AsyncClosing):
     simple: no sliding one-second window holds more than N accepted requests (see
     :meth:`max_requests_in_any_window`). Refused requests are recorded
     (``rate_limited=True``), so tests can count them. ``None`` (the default) has no limit.
+
+    ``engage``: the mails Engage would send for what the fake received, configured by
+    ``product_feeds``, ``abandon_after`` and ``clock`` (see ``testing._engage``).
     """
 
     def __init__(
@@ -76,6 +82,9 @@ class FakeVoyado(ContactBook, AsyncClosing):
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         rate_limit: int | None = None,
+        product_feeds: Mapping[str, Iterable[str]] | None = None,
+        abandon_after: float = 1800.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit < 1:
             raise ValueError(f"rate_limit must be >= 1 or None, got {rate_limit}")
@@ -99,6 +108,8 @@ class FakeVoyado(ContactBook, AsyncClosing):
         self._runner: web.AppRunner | None = None
         self._faults_injected: Counter[str] = Counter()
         self._init_contacts()
+        self.engage = Engage(self, product_feeds=product_feeds, abandon_after=abandon_after,
+                             clock=clock)
 
     def __repr__(self) -> str:
         where = self.url if self._runner else "not started"
@@ -195,7 +206,8 @@ class FakeVoyado(ContactBook, AsyncClosing):
 
         ``carts``: the latest cart per ``cartReference``, in wire form; ``productViews``: every
         product view received, in wire form and order; ``requests``: the number of requests,
-        ``total`` and by ``path`` and ``status`` (``"0"``: connection dropped).
+        ``total`` and by ``path`` and ``status`` (``"0"``: connection dropped);
+        ``engageMails``: the mails Engage would send by now (``engage.mails()``).
         """
         state = {
             "carts": {ref: event_to_wire(cart) for ref, cart in self.carts.items()},
@@ -207,6 +219,7 @@ class FakeVoyado(ContactBook, AsyncClosing):
                 "byStatus": {str(k): n for k, n in Counter(r.status for r in self.requests)
                              .items()},
             },
+            "engageMails": self.engage.state(),
         }
         result: dict[str, Any] = orjson.loads(orjson.dumps(state))  # times as ISO 8601 text
         return result

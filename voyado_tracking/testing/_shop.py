@@ -162,8 +162,9 @@ def shop_traffic(
     updates only), ``checkout_share`` the share of filled carts checked out (sent emptied)
     at the end of a visit, ``think`` the mean virtual seconds between a shopper's steps, and
     ``start`` the instant the shop opens, ``checkout_skew`` the ``skew`` of the checkouts'
-    ``Cart.checked_out`` (None: plain emptied carts, unmarked). Every product view is distinct (its shopper's clock
-    only moves forward), so a lost view can be told from a duplicate. Carts still open when
+    ``Cart.checked_out`` (None: plain emptied carts, unmarked). Every product view is
+    distinct (its shopper's clock only moves forward), so a lost view can be told from a
+    duplicate. Carts still open when
     the traffic ends stay as they are: abandoned.
     """
     if events < 0 or shoppers < 1:

@@ -5,8 +5,11 @@ test suite that has voyado-tracking and pytest-asyncio installed:
 
 ``voyado_fake``
     a started :class:`~voyado_tracking.testing.FakeVoyado` on 127.0.0.1 (random port),
-    closed after the test. Inspect ``fake.carts``, ``fake.product_views``, ``fake.requests``;
-    inject faults with ``fake.script(...)`` / ``fake.chaos(...)``.
+    closed after the test. Inspect ``fake.carts``, ``fake.product_views``, ``fake.requests``,
+    and ``fake.engage.mails(now=...)`` for the mails Engage would send; inject faults with
+    ``fake.script(...)`` / ``fake.chaos(...)``. Its keyword arguments come from the
+    ``voyado_fake_options`` fixture (a dict, empty by default: override it in your
+    ``conftest.py``, e.g. ``{"product_feeds": {"sv-SE": {"SKU-1"}}}``).
 ``voyado_client``
     a :class:`~voyado_tracking.TrackingClient` pointed at ``voyado_fake``, with short retry
     backoffs and no client-side rate limit (tests should not wait), closed after the test.
@@ -49,6 +52,13 @@ def voyado_flush_settings() -> FlushSettings:
     )
 
 
+@pytest.fixture
+def voyado_fake_options() -> dict[str, Any]:
+    """Keyword arguments of ``voyado_fake``'s FakeVoyado (``product_feeds``,
+    ``abandon_after``, ``clock``, ``rate_limit``, ...)."""
+    return {}
+
+
 try:
     import pytest_asyncio
 except ImportError:  # the fixtures need an async test runner; say so when one is used
@@ -71,11 +81,11 @@ except ImportError:  # the fixtures need an async test runner; say so when one i
 else:
 
     @pytest_asyncio.fixture
-    async def voyado_fake() -> AsyncIterator[FakeVoyado]:
+    async def voyado_fake(voyado_fake_options: dict[str, Any]) -> AsyncIterator[FakeVoyado]:
         """A started FakeVoyado on 127.0.0.1, closed after the test."""
         from ._fake import FakeVoyado
 
-        async with FakeVoyado() as fake:
+        async with FakeVoyado(**voyado_fake_options) as fake:
             yield fake
 
     @pytest_asyncio.fixture
