@@ -1,5 +1,6 @@
 """``voyado-tracking demo``: simulated shop traffic through a buffer, against an in-process
-FakeVoyado that injects faults, then a report and the checks of what the fake holds.
+FakeVoyado that injects faults, then a report and the checks of what the fake holds and of
+the mails Engage would send 30 minutes later (``_demo_engage``).
 
 The traffic comes from :func:`voyado_tracking.testing.shop_traffic`, so a seed fixes every
 event; the demo only paces it over ``--duration`` seconds of wall clock. What depends on
@@ -22,6 +23,7 @@ from .. import __version__ as version
 from .._wire import Event
 from ..testing import Chaos, FakeVoyado, latest_carts, shop_traffic
 from ._common import EXIT_FAILED, EXIT_OK, PROG
+from ._demo_engage import DemoMails
 from ._demo_identify import DemoVisitors
 from ._progress import progress, stats_text
 
@@ -180,9 +182,10 @@ async def run_demo(args: argparse.Namespace, mode: str) -> int:
             buffer = TrackingBuffer(client, flush_settings(args))
             timing = await _play(events, buffer, args, mode, visitors)
         stats = buffer.stats
-        checks = [*check_delivery(fake, events, stats), visitors.check()]
+        mails = DemoMails(fake, events)
+        checks = [*check_delivery(fake, events, stats), visitors.check(), mails.check()]
         print(report(events, stats, fake, timing).rstrip("\n"))
-        print("\n".join(visitors.report_lines()) + "\n")
+        print("\n".join([*visitors.report_lines(), *mails.report_lines()]) + "\n")
     return verdict(checks)
 
 

@@ -19,7 +19,9 @@ def add_demo(commands: Commands, progress: argparse.ArgumentParser) -> None:
         description="Start FakeVoyado in-process, drive simulated shoppers (browsing, adding "
         "and removing items, checking out) through a TrackingBuffer while the fake injects "
         "faults, then report and CHECK that Voyado holds the latest update of every cart and "
-        "every product view. Exit 0 only if the checks hold.",
+        "every product view, and that no checked-out cart would get Engage's abandoned-cart "
+        "mail 30 minutes later (the report counts the mails it would send). Exit 0 only if "
+        "the checks hold.",
     )
     demo.add_argument("--shoppers", type=positive_int, default=300,
                       help="concurrent shoppers (default 300)")

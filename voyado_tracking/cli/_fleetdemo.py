@@ -35,6 +35,7 @@ from ..testing import Chaos, FakeVoyado, shop_traffic
 from ..testing._fleet import FleetWorkers, WorkerPlan
 from ._common import PROG, UsageError
 from ._demo import Timing, check_delivery, flush_settings, report, schedule, verdict
+from ._demo_engage import DemoMails
 from ._progress import progress, stats_text
 
 __all__ = ["run_fleet_demo"]
@@ -91,13 +92,16 @@ async def _demo(args: argparse.Namespace, mode: str, stream: str) -> int:
         )
         stats, timing, claimed = await _run_fleet(args, mode, stream, fake, events)
         busiest = fake.max_requests_in_any_window()
+        mails = DemoMails(fake, events)
         checks = [
             *check_delivery(fake, events, stats),
+            mails.check(),
             (busiest <= args.rate + 1,
              f"busiest one-second window at Voyado: {busiest} requests, within the shared "
              f"rate {args.rate:g} + 1"),
         ]
-        print(report(events, stats, fake, timing, sink="fleet"))
+        print(report(events, stats, fake, timing, sink="fleet").rstrip("\n"))
+        print("\n".join(mails.report_lines()))
         print(f"  workers / forwarders     {args.workers:>4} / {args.forwarders}  "
               f"({claimed} entries claimed from a stopped forwarder)\n")
     return verdict(checks)
