@@ -3,6 +3,7 @@ cart does or does not mail. Events reach the fake over loopback through a real c
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -342,3 +343,14 @@ class TestVoyadoFakeOptions:
     ) -> None:
         assert voyado_fake.engage.abandon_after == timedelta(minutes=1)
         assert voyado_fake.engage.product_feeds == {"sv-se": frozenset({"SKU-1"})}
+
+
+def test_the_readme_mails_example_passes_under_pytest(tmp_path: Path) -> None:
+    """The README's "one abandoned-cart mail, none after checkout" test runs as a user's."""
+    from test_plugin import README, run_pytest
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (example,) = [b for b in blocks if "engage.mails" in b and "def test_" in b]
+    result = run_pytest(tmp_path, example, "-o", "asyncio_mode=strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
