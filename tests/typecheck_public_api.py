@@ -34,6 +34,9 @@ def build_events() -> tuple[vt.Cart, vt.ProductView]:
     )
     emptied: vt.Cart = vt.Cart("cart-1", CONTACT, items=())
     assert emptied.items == ()
+    bought: vt.Cart = vt.Cart.checked_out("cart-1", CONTACT, time="2021-09-22T11:00:00Z",
+                                          skew=2.5)
+    assert bought.checkout and not emptied.checkout
     return cart, view
 
 
