@@ -36,7 +36,8 @@ def build_events() -> tuple[vt.Cart, vt.ProductView]:
     assert emptied.items == ()
     bought: vt.Cart = vt.Cart.checked_out("cart-1", CONTACT, time="2021-09-22T11:00:00Z",
                                           skew=2.5)
-    assert bought.checkout and not emptied.checkout
+    assert bought.checkout
+    assert not emptied.checkout
     return cart, view
 
 
