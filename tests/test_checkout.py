@@ -257,16 +257,11 @@ def journaled_carts(directory: Path) -> dict[str, vt.Cart]:
     return carts
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and flock are POSIX")
-async def test_the_checkout_window_holds_through_a_killed_journaled_process(
-    fake: FakeVoyado, tmp_path: Path
-) -> None:
-    """The child journals each cart's checkout and late updates (4 s and 6 s after the
-    checkout's base time) while Voyado fails, and is killed; a new buffer recovers, gets one
-    more late update (4 s), and delivers."""
+async def journal_then_kill(fake: FakeVoyado, directory: Path) -> None:
+    """Run checkout_child.py against *fake* failing every request, SIGKILL it once synced."""
     fake.chaos(Chaos(error_rate=1.0))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(CHILD), fake.url, fake.api_key, str(tmp_path),
+        sys.executable, str(CHILD), fake.url, fake.api_key, str(directory),
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -276,10 +271,23 @@ async def test_the_checkout_window_holds_through_a_killed_journaled_process(
         if process.returncode is None:
             process.send_signal(signal.SIGKILL)
         await process.wait()
+    fake.reset()
+
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and flock are POSIX")
+
+
+@posix_only
+async def test_the_checkout_window_holds_through_a_killed_journaled_process(
+    fake: FakeVoyado, tmp_path: Path
+) -> None:
+    """The child journals each cart's checkout and late updates (4 s and 6 s after the
+    checkout's base time) while Voyado fails, and is killed; a new buffer recovers, gets one
+    more late update (4 s), and delivers."""
+    await journal_then_kill(fake, tmp_path)
     journaled = journaled_carts(tmp_path)
     assert {ref: c.checkout for ref, c in journaled.items()} == {
         "lost-4": True, "new-6": False, "later-4": True}  # the flag is on disk
-    fake.reset()
     async with vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None) as c:
         async with vt.TrackingBuffer(c, fast_settings(), journal=vt.Journal(tmp_path)) as buffer:
             buffer.enqueue(late("later-4", 4))
@@ -288,3 +296,22 @@ async def test_the_checkout_window_holds_through_a_killed_journaled_process(
     assert {ref: cart.items for ref, cart in fake.carts.items()} == {
         "lost-4": (), "new-6": (vt.CartItem("SKU-LATE", 1),), "later-4": ()}
     assert fake.carts["lost-4"].time == BASE + timedelta(seconds=5)
+
+
+@posix_only
+async def test_a_recovered_checkout_keeps_its_flag(fake: FakeVoyado, tmp_path: Path) -> None:
+    """The carts the new buffer recovers from the killed process's journal are checkouts
+    still (seen as Voyado rejects them and they are dead-lettered)."""
+    await journal_then_kill(fake, tmp_path)
+    fake.reject_cart_references = {"lost-4", "new-6", "later-4"}
+    dead: list[vt.Cart] = []
+    async with (
+        vt.TrackingClient(fake.url, fake.api_key, max_requests_per_second=None) as c,
+        vt.TrackingBuffer(
+            c, fast_settings(), journal=vt.Journal(tmp_path),
+            on_dead_letter=lambda event, _: dead.append(event),  # type: ignore[arg-type]
+        ) as buffer,
+    ):
+        await buffer.flush(timeout=20)
+    assert {cart.cart_reference: cart.checkout for cart in dead} == {
+        "lost-4": True, "new-6": False, "later-4": True}
