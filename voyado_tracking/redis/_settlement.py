@@ -9,7 +9,9 @@ Redis:
   went in, ``XACK`` + ``XDEL``. Until then the entry stays pending and owned (the refresher
   keeps re-claiming it), so it is neither lost nor re-sent to Voyado;
 - kept at close (or when the client closed under the forwarder): released to the group,
-  marked idle for years so another forwarder claims it at once.
+  that is claimed by the shared consumer ``RELEASED_CONSUMER`` (not kept in this
+  forwarder's pending list, so it can leave the group) and marked idle for years so another
+  forwarder claims it at once.
 
 No ``MULTI``: Redis refuses a transaction over ``maxmemory`` even when it holds only XACK and
 XDEL, which a full Redis still accepts on their own. They are idempotent, so the committer
@@ -40,11 +42,13 @@ from ._stream import (
     encode_entry,
 )
 
-__all__ = ["CHUNK", "Settlement", "chunks"]
+__all__ = ["CHUNK", "RELEASED_CONSUMER", "Settlement", "chunks"]
 
 log = logging.getLogger("voyado_tracking")
 
 CHUNK: Final = 500  # ids per XACK / XDEL / XCLAIM command
+# Where released entries wait for the next forwarder's XAUTOCLAIM.
+RELEASED_CONSUMER: Final = "voyado-tracking:released"
 _RELEASED_IDLE_MS: Final = 10 * 365 * 86_400_000  # "idle for years": claimable at once
 
 # A dead letter: the entries it settles, and what goes to the dead stream.
@@ -175,7 +179,7 @@ class Settlement(Keeper):
                 pipe.xack(self._stream, self._group, *chunk)
                 pipe.xdel(self._stream, *chunk)
             for chunk in releases:
-                pipe.xclaim(self._stream, self._group, self._consumer, 0, chunk,
+                pipe.xclaim(self._stream, self._group, RELEASED_CONSUMER, 0, chunk,
                             idle=_RELEASED_IDLE_MS, justid=True)
 
         replies = await self._pipeline(commands, 2 * len(acks) + len(releases))
