@@ -305,8 +305,8 @@ class Forwarder(Lifecycle):
                     self._group_ready = False
                     continue
                 failures += 1
-                self._losses.record("redis-read", 0, "Redis unreachable or refusing; "
-                                    "forwarder waiting", f"{type(error).__name__}: {error}"[:200])
+                self._losses.note("redis-read", "Redis unreachable or refusing; forwarder "
+                                  "waiting", f"{type(error).__name__}: {error}"[:200])
                 await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
 
     async def _read(self, count: int) -> None:

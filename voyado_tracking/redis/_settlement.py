@@ -145,8 +145,8 @@ class Settlement(Keeper):
                 failures = 0
                 continue
             failures += 1
-            self._losses.record(
-                "redis-ack", 0, "Redis did not take acks or dead letters; they wait",
+            self._losses.note(
+                "redis-ack", "Redis did not take acks or dead letters; they wait",
                 f"{type(error).__name__}: {error}"[:200],
             )
             await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
