@@ -90,7 +90,8 @@ def _recommended(out: str) -> tuple[float, float]:
     """The recommended flush_interval and the p99 delay of the Why line."""
     interval = re.search(r"Recommended: FlushSettings\(.*flush_interval=([\d.]+)", out)
     p99 = re.search(r"shortest p99 delay among them \(([\d.]+) s", out)
-    assert interval is not None and p99 is not None, out
+    assert interval is not None, out
+    assert p99 is not None, out
     return float(interval.group(1)), float(p99.group(1))
 
 

@@ -3,8 +3,8 @@
 Reads the stream that the fleet's ``RedisOutbox`` instances write, in a consumer group, and
 delivers it to Voyado with a shared :class:`RedisRateLimiter` budget. Voyado's base URL and
 API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY``; the User-Agent from
-``--user-agent`` or ``VOYADO_USER_AGENT``. ``--replay-dead`` moves the dead-letter stream back for another
-try, and exits.
+``--user-agent`` or ``VOYADO_USER_AGENT``. ``--replay-dead`` moves the dead-letter stream
+back for another try, and exits.
 """
 
 from __future__ import annotations

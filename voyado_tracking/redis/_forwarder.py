@@ -354,10 +354,12 @@ class Forwarder(Lifecycle):
             name = text(fields.get("name") or b"")
             if name == self.consumer or int(fields.get("pending") or 0):
                 continue
-            idle = 0.0 if name == RELEASED_CONSUMER else self.stale_consumer_after
-            if name == RELEASED_CONSUMER or int(fields.get("idle") or 0) >= stale_ms:
-                if await remove_consumer(self._redis, self.stream, self.group, name, idle):
-                    log.info("removed the group's consumer %r: nothing pending, idle", name)
+            released = name == RELEASED_CONSUMER
+            idle = 0.0 if released else self.stale_consumer_after
+            if (released or int(fields.get("idle") or 0) >= stale_ms) and await remove_consumer(
+                self._redis, self.stream, self.group, name, idle
+            ):
+                log.info("removed the group's consumer %r: nothing pending, idle", name)
 
     def _take_in(self, entries: Sequence[Any]) -> None:
         store, ledger, now = self._store, self._ledger, self._clock.now()

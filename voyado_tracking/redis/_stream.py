@@ -195,7 +195,7 @@ async def remove_consumer(
 ) -> bool:
     """Remove *consumer* from *group* if it has nothing pending and has been idle at least
     *idle* seconds (one atomic script); whether it was removed."""
-    removed = await client.eval(  # type: ignore[misc]
+    removed = await client.eval(
         _REMOVE_CONSUMER, 1, stream, group, consumer, int(idle * 1000)
     )
     return bool(removed == 1)

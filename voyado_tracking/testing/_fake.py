@@ -13,8 +13,8 @@ the same wire code as the client), keeps cart state by the latest instant of ``t
   (``_contacts``), which shares the rate limit and the faults; ``lookups`` counts its answers.
 
 Successful answers carry a small JSON body, ``{}`` (which the generated Voyado SDK parses),
-not an empty one. While it runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as JSON, for a person or a script
-looking at a standalone fake.
+not an empty one. While it runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as
+JSON, for a person or a script looking at a standalone fake.
 
 A fault that "drops" closes the connection without an answer; a "slow" one processes the
 request and then answers after a delay, which is how a client timeout duplicates events.

@@ -9,7 +9,7 @@ one second (every arrival counts, refused ones too: Voyado counts them against t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -34,17 +34,19 @@ def request_log_state(requests: Sequence[RecordedRequest], cart_updates: int) ->
             "cartUpdates": cart_updates}
 
 
-def _busiest(requests: Sequence[RecordedRequest], wall: Any) -> dict[str, Any]:
-    """The sliding one-second window with the most arrivals: its start, requests, events."""
+def _busiest(
+    requests: Sequence[RecordedRequest], wall: Callable[[float], str]
+) -> dict[str, Any]:
+    """The sliding one-second window with the most arrivals: its start, requests, events
+    (``start`` is None before the first request)."""
     ordered = sorted(requests, key=lambda r: r.at)
-    best = {"start": None, "requests": 0, "events": 0}
-    first = events = 0
+    start: str | None = None
+    most = events = most_events = first = 0
     for last, request in enumerate(ordered):
         events += request.events
         while request.at - ordered[first].at >= 1.0:
             events -= ordered[first].events
             first += 1
-        if last - first + 1 > best["requests"]:
-            best = {"start": wall(ordered[first].at), "requests": last - first + 1,
-                    "events": events}
-    return best
+        if last - first + 1 > most:
+            start, most, most_events = wall(ordered[first].at), last - first + 1, events
+    return {"start": start, "requests": most, "events": most_events}
