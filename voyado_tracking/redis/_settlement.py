@@ -67,6 +67,7 @@ class Settlement(Keeper):
         self.dead_letters: list[_Dead] = []  # not in the dead stream yet
         self.releases: list[str] = []  # entries to hand back
         self._committing: list[str] = []  # acks of the round being written
+        self._in_round = False  # a round is being written (what it took out is not back yet)
         self.wake = asyncio.Event()  # the committer has work
         self._redis = redis
         self._stream, self._group, self._consumer = stream, group, consumer
@@ -75,7 +76,7 @@ class Settlement(Keeper):
         self._progress = progress
 
     def committed(self) -> bool:
-        return not (self.acks or self.dead_letters or self.releases)
+        return not (self.acks or self.dead_letters or self.releases or self._in_round)
 
     def describe(self) -> str:
         """What is not committed yet, for a log line."""
@@ -136,10 +137,12 @@ class Settlement(Keeper):
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            self._in_round = True
             try:
                 error = await self._commit()
             finally:
                 self._committing = []
+                self._in_round = False
             self._progress.set()
             if error is None:
                 failures = 0
