@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -83,3 +84,36 @@ def test_tune_runs_as_a_module() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Recommended: FlushSettings(" in done.stdout
+
+
+def _recommended(out: str) -> tuple[float, float]:
+    """The recommended flush_interval and the p99 delay of the Why line."""
+    interval = re.search(r"Recommended: FlushSettings\(.*flush_interval=([\d.]+)", out)
+    p99 = re.search(r"shortest p99 delay among them \(([\d.]+) s", out)
+    assert interval is not None, out
+    assert p99 is not None, out
+    return float(interval.group(1)), float(p99.group(1))
+
+
+def test_tune_recommends_only_settings_within_90_percent_of_the_delay_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """150 events/s on 4 workers: a 10 s interval has p99 9.96 s against 10 s; not that."""
+    status, out, _ = tune(capsys, "--events-per-second", "150", "--workers", "4")
+    assert status == 0
+    interval, p99 = _recommended(out)
+    assert p99 <= 0.9 * 10
+    assert interval < 10
+
+
+def test_tune_says_what_a_kill_9_loses_without_a_journal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Up to events/s / workers x flush_interval per worker, plus its pending carts."""
+    status, out, _ = tune(capsys, "--events-per-second", "150", "--workers", "4")
+    assert status == 0
+    interval, _ = _recommended(out)
+    per_worker = 150 / 4 * interval
+    assert (f"A kill -9 without a journal loses what a worker holds: up to 37.5 events/s x "
+            f"{interval:g} s = {per_worker:,.0f} events per worker, plus its pending carts"
+            ) in out

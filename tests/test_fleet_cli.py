@@ -135,3 +135,63 @@ async def test_fleet_demo_without_the_redis_extra_names_what_to_install() -> Non
                                   python=block_redis)
     assert code == 2
     assert "pip install 'voyado-tracking[redis]'" in err
+
+
+async def _forward(fake: FakeVoyado, redis_url: str, *flags: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "VOYADO_BASE_URL": fake.url, "VOYADO_API_KEY": fake.api_key}
+    env.pop("VOYADO_USER_AGENT", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voyado_tracking", "forward", "--redis", redis_url,
+        "--flush-interval", "0.05", *flags, env=env, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_forward_sends_the_user_agent_of_its_flag(fake: FakeVoyado, redis_url: str) -> None:
+    proc = await _forward(fake, redis_url, "--user-agent", "ShopFleet/3.0")
+    async with vt.RedisOutbox(redis_url) as outbox:
+        outbox.enqueue(view("sku-1"))
+    await eventually(lambda: len(fake.product_views) == 1, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    await proc.communicate()
+    assert proc.returncode == 0
+    assert {r.user_agent for r in fake.requests} == {"ShopFleet/3.0"}
+
+
+async def test_forward_max_batch_size_bounds_every_request(
+    fake: FakeVoyado, redis_url: str
+) -> None:
+    async with vt.RedisOutbox(redis_url) as outbox:  # a backlog before it starts
+        for n in range(50):
+            outbox.enqueue(view(f"sku-{n}"))
+    proc = await _forward(fake, redis_url, "--max-batch-size", "7")
+    await eventually(lambda: len(fake.product_views) == 50, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    await proc.communicate()
+    assert proc.returncode == 0
+    assert max(r.events for r in fake.requests) == 7
+
+
+async def test_a_sigtermed_forward_exits_within_its_shutdown_timeout(
+    fake: FakeVoyado, redis_url: str
+) -> None:
+    """Voyado holds every request: the stop releases what it holds after 1 s, not 30."""
+    fake.hold()
+    try:
+        proc = await _forward(fake, redis_url, "--shutdown-timeout", "1")
+        async with vt.RedisOutbox(redis_url) as outbox:
+            outbox.enqueue(view("sku-1"))
+        async with aioredis.from_url(redis_url) as r:
+
+            async def read() -> bool:
+                groups = await r.xinfo_groups("voyado-tracking")
+                return bool(groups) and int(groups[0]["pending"]) == 1
+
+            await eventually(read, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        # Well under the 30 s default, with room for a loaded machine.
+        await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        fake.release()
+    assert proc.returncode == 0
+    async with aioredis.from_url(redis_url) as r:
+        assert await r.xlen("voyado-tracking") == 1  # released, not lost

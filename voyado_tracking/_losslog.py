@@ -5,6 +5,10 @@ would flood the log, one warning in all would hide the scale. Each kind of loss 
 at once the first time, then at most once per ``interval``: what happened in between is
 summed and logged when the interval ends (a timer on the running loop), or by :meth:`flush`
 at close. The counts in the log add up to the counts in ``stats``.
+
+A condition that is not a loss (Redis unreachable while events wait to be retried) is a
+:meth:`LossLog.note`: rate-limited the same way, but counted in occurrences, never in events,
+so a retried event is not counted once per attempt.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ LOG_EVERY: Final = 10.0
 
 
 class _Pending:
-    __slots__ = ("count", "detail", "timer", "what")
+    __slots__ = ("count", "detail", "events", "timer", "what")
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, events: bool) -> None:
         self.what = what
+        self.events = events  # counts events (a loss), else occurrences (a note)
         self.count = 0
         self.detail = ""
         self.timer: asyncio.TimerHandle | None = None
@@ -43,16 +48,34 @@ class LossLog:
 
     def record(self, key: str, count: int, what: str, detail: str = "") -> None:
         """*count* events met *what* (e.g. "dead-lettered"); *detail* says why."""
+        if self._due(key):
+            log.warning("%s %d event(s)%s", what, count, f": {detail}" if detail else "")
+            return
+        self._hold(key, count, what, detail, events=True)
+
+    def note(self, key: str, what: str, detail: str = "") -> None:
+        """A condition that loses nothing by itself (e.g. a retried write), counted in
+        occurrences."""
+        if self._due(key):
+            log.warning("%s%s", what, f": {detail}" if detail else "")
+            return
+        self._hold(key, 1, what, detail, events=False)
+
+    def _due(self, key: str) -> bool:
+        """Whether *key* may log now (and then it is marked as logged)."""
         now = self._clock()
         if now - self._last.get(key, -self._interval) >= self._interval and (
             key not in self._pending
         ):
             self._last[key] = now
-            log.warning("%s %d event(s)%s", what, count, f": {detail}" if detail else "")
-            return
+            return True
+        return False
+
+    def _hold(self, key: str, count: int, what: str, detail: str, *, events: bool) -> None:
+        now = self._clock()
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(what)
+            pending = self._pending[key] = _Pending(what, events)
             delay = max(0.0, self._last.get(key, now) + self._interval - now)
             try:
                 loop = asyncio.get_running_loop()
@@ -62,7 +85,7 @@ class LossLog:
                 pending.timer = loop.call_later(delay, self._emit, key)
         pending.count += count
         pending.detail = detail
-        log.debug("%s %d event(s): %s", what, count, detail)
+        log.debug("%s (%d): %s", what, count, detail)
 
     def _emit(self, key: str) -> None:
         pending = self._pending.pop(key, None)
@@ -70,6 +93,10 @@ class LossLog:
             return
         self._last[key] = self._clock()
         last = f" (last: {pending.detail})" if pending.detail else ""
+        if not pending.events:
+            log.warning("%s again, %d time(s) in the last %.0f s%s",
+                        pending.what, pending.count, self._interval, last)
+            return
         log.warning(
             "%s %d more event(s) in the last %.0f s%s",
             pending.what, pending.count, self._interval, last,

@@ -20,7 +20,7 @@ import math
 import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Final
+from typing import ClassVar, Final
 
 import attrs
 
@@ -135,6 +135,7 @@ class Outcome:
     delay_p99: float
     delay_max: float
     peak_pending: int  # pending and in flight
+    peak_pending_carts: int = 0  # carts waiting (not in flight)
     # Requests go out as fast as events come: at the window's end, the oldest pending event
     # has waited at most an interval (and a second), and the connections were not all busy.
     keeps_up: bool = True
@@ -189,7 +190,7 @@ class _Flusher:
         self.sent: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.partial = 0
         self.delays: list[float] = []
-        self.peak = 0
+        self.peak = self.peak_carts = 0
 
     def next_done(self) -> float:
         return self.in_flight[0][0] if self.in_flight else math.inf
@@ -200,6 +201,7 @@ class _Flusher:
         self.time.at = now
         if now < self.window:
             self.peak = max(self.peak, store.held)
+            self.peak_carts = max(self.peak_carts, store.pending_carts)
         while self.in_flight and self.in_flight[0][0] <= now:
             done_at, _, batch = heapq.heappop(self.in_flight)
             self.outcomes.sent(batch, batch.events)
@@ -252,7 +254,7 @@ def simulate(
         delay_p50=percentile(delays, 0.5) if delays else 0.0,
         delay_p99=percentile(delays, 0.99) if delays else 0.0,
         delay_max=delays[-1] if delays else 0.0,
-        peak_pending=flusher.peak,
+        peak_pending=flusher.peak, peak_pending_carts=flusher.peak_carts,
         keeps_up=_keeps_up(flusher, window, oldest),
     )
 
@@ -332,8 +334,9 @@ def sweep(
 @attrs.frozen(kw_only=True)
 class Limits:
     """What a shop asks of its settings: a p99 delivery delay and the API key's budget of
-    requests/s for the whole fleet."""
+    requests/s for the whole fleet, each met with ``HEADROOM`` (at most 0.9x: retries, bursts)."""
 
+    HEADROOM: ClassVar[float] = 0.9
     max_delay: float = 10.0
     max_requests_per_second: float = 40.0
 
@@ -344,9 +347,9 @@ class Limits:
         problems = []
         if not outcome.keeps_up:
             problems.append("saturated")
-        if outcome.requests_per_second > self.max_requests_per_second:
+        if outcome.requests_per_second > self.HEADROOM * self.max_requests_per_second:
             problems.append("requests/s")
-        if outcome.delay_p99 > self.max_delay:
+        if outcome.delay_p99 > self.HEADROOM * self.max_delay:
             problems.append("delay")
         return problems
 
@@ -389,7 +392,7 @@ def reason(outcome: Outcome, limits: Limits) -> str:
     return (
         f"the fewest requests ({outcome.requests_per_second:.1f}/s, {share:.0%} of the "
         f"{limits.max_requests_per_second:g}/s budget) with the shortest p99 delay among "
-        f"them ({outcome.delay_p99:.2f} s; limit {limits.max_delay:g} s)"
+        f"them ({outcome.delay_p99:.2f} s; limit {limits.max_delay:g} s, 10% headroom)"
     )
 
 
@@ -420,15 +423,17 @@ def unmet(
         )
     elif not under:
         what = (
-            f"requests/s: no setting keeps the fleet under {budget:g} requests/s; the fewest "
+            f"requests/s: no setting keeps the fleet under {budget:g} requests/s with 10% "
+            f"headroom; the fewest "
             f"is {fewest.requests_per_second:.1f}/s with {settings_text(fewest)}."
         )
     else:
         best = min(under, key=lambda o: o.delay_p99)
         what = (
             f"delay: no setting under {budget:g} requests/s delivers within {delay:g} s "
-            f"(p99); the shortest is {best.delay_p99:.1f} s with {settings_text(best)}. "
-            f"--max-delay {math.ceil(best.delay_p99):d} would allow it."
+            f"(p99, with 10% headroom); the shortest is {best.delay_p99:.1f} s with "
+            f"{settings_text(best)}. --max-delay "
+            f"{math.ceil(best.delay_p99 / limits.HEADROOM):d} would allow it."
         )
     if fleet is None:
         return what

@@ -2,9 +2,9 @@
 
 Reads the stream that the fleet's ``RedisOutbox`` instances write, in a consumer group, and
 delivers it to Voyado with a shared :class:`RedisRateLimiter` budget. Voyado's base URL and
-API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY`` (and the User-Agent, optionally,
-from ``VOYADO_USER_AGENT``). ``--replay-dead`` moves the dead-letter stream back for another
-try, and exits.
+API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY``; the User-Agent from
+``--user-agent`` or ``VOYADO_USER_AGENT``. ``--replay-dead`` moves the dead-letter stream
+back for another try, and exits.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._common import (
     UsageError,
     VoyadoEnvironment,
     per_second,
+    positive_int,
     seconds,
     stop_on_signals,
     voyado_environment,
@@ -58,15 +59,19 @@ async def run_forward(args: argparse.Namespace) -> int:
     limiter = RedisRateLimiter(args.redis, rate=args.rate)
     try:
         client = TrackingClient(environment.base_url, environment.api_key,
-                                user_agent=environment.user_agent, rate_limiter=limiter)
+                                user_agent=args.user_agent or environment.user_agent,
+                                rate_limiter=limiter, max_batch_size=args.max_batch_size)
+        settings = FlushSettings(flush_interval=args.flush_interval,
+                                 max_batch_size=args.max_batch_size,
+                                 shutdown_timeout=args.shutdown_timeout)
     except (TypeError, ValueError) as error:
         await limiter.aclose()
         raise UsageError(str(error)) from None  # never contains the key
-    settings = FlushSettings(flush_interval=args.flush_interval)
     stop = asyncio.Event()
     async with client, Forwarder(
         client, args.redis, settings, stream=args.stream, group=args.group,
         consumer=args.consumer, claim_idle=args.claim_idle,
+        stale_consumer_after=args.stale_consumer_after,
     ) as forwarder:
         print(f"forwarding {args.stream} (group {args.group}, consumer {forwarder.consumer})",
               file=sys.stderr, flush=True)
@@ -112,6 +117,17 @@ def add_forward(commands: Commands) -> None:
                          help="take over entries idle this many seconds (default 60)")
     forward.add_argument("--flush-interval", type=seconds, default=1.0,
                          help="seconds a partial batch may wait (default 1)")
+    forward.add_argument("--max-batch-size", type=positive_int, default=500,
+                         help="events per request at most (default 500)")
+    forward.add_argument("--shutdown-timeout", type=seconds, default=30.0,
+                         help="seconds a stop may take to deliver or release what this "
+                         "forwarder holds (default 30)")
+    forward.add_argument("--stale-consumer-after", type=seconds, default=3600.0,
+                         help="remove other consumers of the group idle this many seconds "
+                         "with nothing pending (default 3600)")
+    forward.add_argument("--user-agent", default=None, metavar="SYSTEM/VERSION",
+                         help="User-Agent of every request, e.g. MyShop/1.2 "
+                         "(default: VOYADO_USER_AGENT, else voyado-tracking/<version>)")
     forward.add_argument("--stats-interval", type=seconds, default=10.0,
                          help="seconds between stats lines on stderr (default 10)")
     forward.add_argument("--replay-dead", action="store_true",

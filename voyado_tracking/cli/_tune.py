@@ -26,7 +26,7 @@ from ._common import (
 if TYPE_CHECKING:
     from .._tune import Limits, Outcome, Traffic
 
-__all__ = ["MAX_TUNE_RATE", "add_tune", "run_tune", "table"]
+__all__ = ["MAX_TUNE_RATE", "add_tune", "kill_loss", "run_tune", "table"]
 
 MAX_TUNE_RATE = 100_000
 
@@ -94,6 +94,7 @@ def run_tune(args: argparse.Namespace) -> int:
     if chosen is not None:
         print(f"Recommended: {settings_text(chosen)}")
         print(f"Why: {reason(chosen, limits)}")
+        print(kill_loss(traffic, chosen))
         return EXIT_OK
     fleet = None
     if traffic.workers > 1:
@@ -101,6 +102,18 @@ def run_tune(args: argparse.Namespace) -> int:
     print("No setting meets the limits.")
     print(unmet(outcomes, limits, fleet, args.request_time))
     return EXIT_FAILED
+
+
+def kill_loss(traffic: Traffic, chosen: Outcome) -> str:
+    """What a ``kill -9`` of one worker loses without a journal at the *chosen* setting."""
+    per_worker = traffic.events_per_second / traffic.workers
+    interval = chosen.settings.flush_interval
+    return (
+        f"A kill -9 without a journal loses what a worker holds: up to "
+        f"{per_worker:,.4g} events/s x {interval:g} s = {per_worker * interval:,.0f} events "
+        f"per worker, plus its pending carts (at most {chosen.peak_pending_carts:,} in the "
+        f"simulation). A vt.Journal keeps what it committed."
+    )
 
 
 def _heading(traffic: Traffic, request_time: float, outcomes: Sequence[Outcome]) -> str:

@@ -18,6 +18,15 @@ dead-letter, release). Three small tasks around it talk to Redis:
   (or has yet to ack), every ``claim_idle / 3`` seconds, so entries waiting for a retry are
   never taken from a forwarder that is alive.
 
+Consumers do not pile up in the group. At close, what a forwarder still holds is released to
+the group: claimed by the shared consumer ``RELEASED_CONSUMER`` and marked idle for years, so
+the next forwarder's ``XAUTOCLAIM`` takes it at once; a forwarder that holds nothing then
+removes its own consumer. A live forwarder removes, at each claim round, the consumers with
+nothing pending that are idle past ``stale_consumer_after`` (those of forwarders that were
+killed, once their entries were claimed), and the released consumer once it is empty. Each
+removal is one script that re-checks pending count and idle time before
+``XGROUP DELCONSUMER``, which would silently discard pending entries.
+
 Redis refusing a command (full over ``maxmemory``, a read-only replica) is waited out like an
 outage: the group is created once Redis takes ``XGROUP CREATE`` (a full Redis refuses it even
 when the group exists, so a refusal is checked against ``XINFO GROUPS``), reads and commits
@@ -51,7 +60,7 @@ from .._sender import Sender
 from .._settings import FlushSettings
 from .._stats import ForwarderStats
 from .._validators import check_positive
-from ._settlement import CHUNK, Settlement
+from ._settlement import CHUNK, RELEASED_CONSUMER, Settlement
 from ._stream import (
     DEFAULT_STREAM,
     REDIS_BACKOFF,
@@ -61,6 +70,7 @@ from ._stream import (
     close_client,
     connect,
     decode_entry,
+    remove_consumer,
     text,
 )
 
@@ -91,6 +101,7 @@ class Forwarder(Lifecycle):
         consumer: str | None = None,
         claim_idle: float = 60.0,
         on_dead_letter: DeadLetterHook | None = None,
+        stale_consumer_after: float = 3600.0,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(client, TrackingClient):
@@ -104,6 +115,7 @@ class Forwarder(Lifecycle):
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self.claim_idle = check_positive("claim_idle", claim_idle)
+        self.stale_consumer_after = check_positive("stale_consumer_after", stale_consumer_after)
         self._redis, self._owns_redis = connect(redis_url)
         clock = MonotonicClock() if clock is None else clock
         outcomes = Outcomes(settings, clock, name="forwarder", sink="Forwarder",
@@ -206,17 +218,35 @@ class Forwarder(Lifecycle):
     async def _close_resources(self, deadline: float, grace: float) -> None:
         # What was delivered, dead-lettered or released is committed by the deadline.
         settle = self._settle
+        committed = False
         try:
-            if not await wait_until(self._clock, self._progress, settle.committed,
-                                    max(0.0, deadline - self._clock.now())):
+            committed = await wait_until(self._clock, self._progress, settle.committed,
+                                         max(0.0, deadline - self._clock.now()))
+            if not committed:
                 log.warning(
                     "the Forwarder stopped before Redis took %s; those entries stay pending "
                     "and another forwarder claims them after claim_idle", settle.describe(),
                 )
         finally:
             await stop_tasks(self._tasks, grace)
+            if committed and self._group_ready:
+                await self._remove_own_consumer(deadline + grace)
             if self._owns_redis:
                 await close_client(self._redis)
+
+    async def _remove_own_consumer(self, deadline: float) -> None:
+        """Leave the group if this consumer holds nothing (the script re-checks that)."""
+        budget = max(0.1, deadline - self._clock.now())
+        try:
+            removed = await asyncio.wait_for(
+                remove_consumer(self._redis, self.stream, self.group, self.consumer), budget
+            )
+        except (*WRITE_ERRORS, asyncio.TimeoutError) as error:
+            log.info("the Forwarder could not remove its consumer %r: %s", self.consumer, error)
+            return
+        if not removed:
+            log.info("the Forwarder keeps its consumer %r: entries are pending on it",
+                     self.consumer)
 
     async def _guard(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a task body; a bug is logged and the body restarted, never silently lost."""
@@ -264,6 +294,7 @@ class Forwarder(Lifecycle):
                     continue
                 if self._clock.now() >= next_claim:
                     await self._autoclaim(room)
+                    await self._remove_stale_consumers()
                     next_claim = self._clock.now() + self.claim_idle / 2
                     room = self.settings.max_pending - self._store.held
                 await self._read(min(room, self.settings.max_batch_size))
@@ -274,8 +305,8 @@ class Forwarder(Lifecycle):
                     self._group_ready = False
                     continue
                 failures += 1
-                self._losses.record("redis-read", 0, "Redis unreachable or refusing; "
-                                    "forwarder waiting", f"{type(error).__name__}: {error}"[:200])
+                self._losses.note("redis-read", "Redis unreachable or refusing; forwarder "
+                                  "waiting", f"{type(error).__name__}: {error}"[:200])
                 await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
 
     async def _read(self, count: int) -> None:
@@ -312,6 +343,23 @@ class Forwarder(Lifecycle):
             room -= len(entries)
             if start == "0-0":
                 return
+
+    async def _remove_stale_consumers(self) -> None:
+        """Remove the group's consumers with nothing pending that are idle past
+        ``stale_consumer_after`` (the released consumer as soon as it is empty)."""
+        consumers: list[Any] = await self._redis.xinfo_consumers(self.stream, self.group)
+        stale_ms = self.stale_consumer_after * 1000
+        for info in consumers:
+            fields = {text(k): v for k, v in info.items()}
+            name = text(fields.get("name") or b"")
+            if name == self.consumer or int(fields.get("pending") or 0):
+                continue
+            released = name == RELEASED_CONSUMER
+            idle = 0.0 if released else self.stale_consumer_after
+            if (released or int(fields.get("idle") or 0) >= stale_ms) and await remove_consumer(
+                self._redis, self.stream, self.group, name, idle
+            ):
+                log.info("removed the group's consumer %r: nothing pending, idle", name)
 
     def _take_in(self, entries: Sequence[Any]) -> None:
         store, ledger, now = self._store, self._ledger, self._clock.now()

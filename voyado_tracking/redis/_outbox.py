@@ -61,6 +61,8 @@ class RedisOutbox(Intake):
 
     ``redis_url`` is a URL (``redis://host:6379/0``) or a ``redis.asyncio.Redis`` you built
     (borrowed: never closed). ``on_drop(event, reason)`` is called for each dropped event.
+    ``shutdown_timeout`` bounds ``aclose()`` (its default timeout): with Redis down, the
+    close waits that long for Redis to take what is held, then spools or drops it.
     """
 
     _noun = "outbox"
@@ -75,12 +77,14 @@ class RedisOutbox(Intake):
         flush_interval: float = 0.05,
         on_drop: DropHook | None = None,
         spool_path: str | os.PathLike[str] | None = None,
+        shutdown_timeout: float = 30.0,
         clock: Clock | None = None,
     ) -> None:
         # FlushSettings validates the shared knobs (bound, overflow policy, interval).
         settings = FlushSettings(
             max_batch_size=min(_PIPELINE, max_pending), max_pending=max_pending,
             overflow=overflow, flush_interval=flush_interval,  # type: ignore[arg-type]
+            shutdown_timeout=shutdown_timeout,
         )
         self.stream = str(stream)
         self._redis, self._owns_redis = connect(redis_url)
@@ -110,7 +114,7 @@ class RedisOutbox(Intake):
 
     async def _close_resources(self, deadline: float, grace: float) -> None:
         if self._owns_redis:
-            await close_client(self._redis)
+            await close_client(self._redis, min(2.0, max(0.1, deadline - self._clock.now())))
 
     def _held(self) -> str:
         return f"{self._store.held} events not yet written to Redis"
@@ -232,13 +236,15 @@ class _StreamWriter:
             self._store.landed(batch)
 
     def _report(self, error: BaseException, count: int) -> None:
-        """A rate-limited warning for *count* events Redis did not take."""
+        """A rate-limited warning that Redis did not take *count* events (held, not lost:
+        a note, so a retried event is not counted again at each attempt)."""
         if isinstance(error, redis.exceptions.ResponseError):
             key, what = f"redis-refused:{type(error).__name__}", "Redis refused the write"
         else:
             key, what = "redis-down", "Redis unreachable"
-        self._outcomes.losses.record(
-            key, count, f"{what}; will retry writing", f"{type(error).__name__}: {error}"[:200]
+        self._outcomes.losses.note(
+            key, f"{what} of {count} event(s); holding {self._store.held} to retry",
+            f"{type(error).__name__}: {error}"[:200],
         )
 
     def _landed(self, outcome: Callable[[Batch], None]) -> None:

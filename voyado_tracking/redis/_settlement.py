@@ -9,7 +9,9 @@ Redis:
   went in, ``XACK`` + ``XDEL``. Until then the entry stays pending and owned (the refresher
   keeps re-claiming it), so it is neither lost nor re-sent to Voyado;
 - kept at close (or when the client closed under the forwarder): released to the group,
-  marked idle for years so another forwarder claims it at once.
+  that is claimed by the shared consumer ``RELEASED_CONSUMER`` (not kept in this
+  forwarder's pending list, so it can leave the group) and marked idle for years so another
+  forwarder claims it at once.
 
 No ``MULTI``: Redis refuses a transaction over ``maxmemory`` even when it holds only XACK and
 XDEL, which a full Redis still accepts on their own. They are idempotent, so the committer
@@ -40,11 +42,13 @@ from ._stream import (
     encode_entry,
 )
 
-__all__ = ["CHUNK", "Settlement", "chunks"]
+__all__ = ["CHUNK", "RELEASED_CONSUMER", "Settlement", "chunks"]
 
 log = logging.getLogger("voyado_tracking")
 
 CHUNK: Final = 500  # ids per XACK / XDEL / XCLAIM command
+# Where released entries wait for the next forwarder's XAUTOCLAIM.
+RELEASED_CONSUMER: Final = "voyado-tracking:released"
 _RELEASED_IDLE_MS: Final = 10 * 365 * 86_400_000  # "idle for years": claimable at once
 
 # A dead letter: the entries it settles, and what goes to the dead stream.
@@ -63,6 +67,7 @@ class Settlement(Keeper):
         self.dead_letters: list[_Dead] = []  # not in the dead stream yet
         self.releases: list[str] = []  # entries to hand back
         self._committing: list[str] = []  # acks of the round being written
+        self._in_round = False  # a round is being written (what it took out is not back yet)
         self.wake = asyncio.Event()  # the committer has work
         self._redis = redis
         self._stream, self._group, self._consumer = stream, group, consumer
@@ -71,7 +76,7 @@ class Settlement(Keeper):
         self._progress = progress
 
     def committed(self) -> bool:
-        return not (self.acks or self.dead_letters or self.releases)
+        return not (self.acks or self.dead_letters or self.releases or self._in_round)
 
     def describe(self) -> str:
         """What is not committed yet, for a log line."""
@@ -132,17 +137,19 @@ class Settlement(Keeper):
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            self._in_round = True
             try:
                 error = await self._commit()
             finally:
                 self._committing = []
+                self._in_round = False
             self._progress.set()
             if error is None:
                 failures = 0
                 continue
             failures += 1
-            self._losses.record(
-                "redis-ack", 0, "Redis did not take acks or dead letters; they wait",
+            self._losses.note(
+                "redis-ack", "Redis did not take acks or dead letters; they wait",
                 f"{type(error).__name__}: {error}"[:200],
             )
             await self._clock.sleep(REDIS_BACKOFF.backoff(failures))
@@ -175,7 +182,7 @@ class Settlement(Keeper):
                 pipe.xack(self._stream, self._group, *chunk)
                 pipe.xdel(self._stream, *chunk)
             for chunk in releases:
-                pipe.xclaim(self._stream, self._group, self._consumer, 0, chunk,
+                pipe.xclaim(self._stream, self._group, RELEASED_CONSUMER, 0, chunk,
                             idle=_RELEASED_IDLE_MS, justid=True)
 
         replies = await self._pipeline(commands, 2 * len(acks) + len(releases))

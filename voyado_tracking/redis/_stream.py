@@ -40,6 +40,7 @@ __all__ = [
     "dead_entry",
     "dead_stream",
     "decode_entry",
+    "remove_consumer",
     "encode_entry",
     "entry_key",
     "replay_dead",
@@ -164,3 +165,37 @@ async def replay_dead(client: aioredis.Redis, stream: str, chunk: int = 500) -> 
             await pipe.execute()
         moved += len(entries)
     return moved
+
+
+# Removes a consumer only if it still has nothing pending and has been idle at least ARGV[3]
+# ms, checked in the same atomic step as the removal: XGROUP DELCONSUMER would silently
+# discard a consumer's pending entries, and a consumer may read or be given entries between
+# a look at XINFO and the removal. Returns 1 if removed, 0 if it must stay, -1 if absent.
+_REMOVE_CONSUMER: Final = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return 0 end
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, consumer in ipairs(consumers) do
+    local fields = {}
+    for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+    if fields['name'] == ARGV[2] then
+        if tonumber(fields['pending']) > 0 or tonumber(fields['idle']) < tonumber(ARGV[3]) then
+            return 0
+        end
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+        return 1
+    end
+end
+return -1
+"""
+
+
+async def remove_consumer(
+    client: aioredis.Redis, stream: str, group: str, consumer: str, idle: float = 0.0
+) -> bool:
+    """Remove *consumer* from *group* if it has nothing pending and has been idle at least
+    *idle* seconds (one atomic script); whether it was removed."""
+    removed = await client.eval(
+        _REMOVE_CONSUMER, 1, stream, group, consumer, int(idle * 1000)
+    )
+    return bool(removed == 1)

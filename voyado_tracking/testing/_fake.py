@@ -12,9 +12,9 @@ the same wire code as the client), keeps cart state by the latest instant of ``t
 - :meth:`add_contact` registers contacts for the lookup endpoint, ``GET /api/v3/contacts/id``
   (``_contacts``), which shares the rate limit and the faults; ``lookups`` counts its answers.
 
-Successful answers carry a small JSON body, ``{"success": true}``, not an empty one. While it
-runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as JSON, for a person or a script
-looking at a standalone fake.
+Successful answers carry a small JSON body, ``{}`` (which the generated Voyado SDK parses),
+not an empty one. While it runs, ``GET /_fake/state`` answers :meth:`FakeVoyado.state` as
+JSON, for a person or a script looking at a standalone fake.
 
 A fault that "drops" closes the connection without an answer; a "slow" one processes the
 request and then answers after a delay, which is how a client timeout duplicates events.
@@ -50,11 +50,12 @@ from .._wire import (
 from ._contacts import LOOKUP, ContactBook
 from ._engage import Engage
 from ._faults import Chaos, Fault, RecordedRequest
+from ._requestlog import request_log_state
 
 __all__ = ["STATE_PATH", "FakeVoyado"]
 
 STATE_PATH = "/_fake/state"
-_SUCCESS = orjson.dumps({"success": True})
+_SUCCESS = orjson.dumps({})
 
 class FakeVoyado(ContactBook, AsyncClosing):
     """A loopback Voyado for tests and demos: ``async with FakeVoyado() as fake: fake.url``.
@@ -206,7 +207,10 @@ class FakeVoyado(ContactBook, AsyncClosing):
 
         ``carts``: the latest cart per ``cartReference``, in wire form; ``productViews``: every
         product view received, in wire form and order; ``requests``: the number of requests,
-        ``total`` and by ``path`` and ``status`` (``"0"``: connection dropped);
+        ``total`` and by ``path`` and ``status`` (``"0"``: connection dropped); ``requestLog``:
+        the last 10,000 requests (``time``, ``path``, ``status``, ``events`` taken);
+        ``busiestSecond``: the one-second window with the most arrivals (``start``,
+        ``requests``, ``events``); ``cartUpdates``: the cart updates received;
         ``engageMails``: the mails Engage would send by now (``engage.mails()``).
         """
         state = {
@@ -220,6 +224,7 @@ class FakeVoyado(ContactBook, AsyncClosing):
                              .items()},
             },
             "engageMails": self.engage.state(),
+            **request_log_state(self.requests, len(self.cart_updates)),
         }
         result: dict[str, Any] = orjson.loads(orjson.dumps(state))  # times as ISO 8601 text
         return result
