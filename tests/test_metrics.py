@@ -135,7 +135,8 @@ async def test_counters_equal_stats_and_the_fake_through_faults(
         await buffer.aclose(timeout=1.0)
 
     stats = buffer.stats
-    assert stats.dead_lettered == 1 and stats.collapsed == 4
+    assert stats.dead_lettered == 1
+    assert stats.collapsed == 4
     assert_counters_equal_buffer_stats(metrics, stats)
     overflow = metrics.value("voyado_tracking.events", outcome="dropped", reason="overflow")
     assert overflow > 0

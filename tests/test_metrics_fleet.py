@@ -88,7 +88,8 @@ async def test_fleet_counters_equal_stats_and_the_fake_through_faults(
         "dropped": o.dropped, "dead_lettered": 0, "spooled": o.spooled,
     }
     f = forwarder.stats
-    assert f.spooled == 5 and f.dead_lettered == 1  # released at close; the rejected view
+    assert f.spooled == 5
+    assert f.dead_lettered == 1
     assert forwarder_metrics.events() == {
         "enqueued": f.enqueued, "recovered": 0, "collapsed": f.collapsed, "sent": f.sent,
         "dropped": f.dropped, "dead_lettered": f.dead_lettered, "released": f.spooled,
@@ -155,7 +156,9 @@ async def test_exposition_has_exactly_the_designed_series_equal_to_stats(
         if name == "voyado_tracking_requests_total":
             (answer,) = (v for k, v in labels if k != "voyado_tracking_endpoint")
             answers[answer] += int(value)
-    assert answers["connection"] == 1 and answers["429"] == 2 and answers["503"] == 2
+    assert answers["connection"] == 1
+    assert answers["429"] == 2
+    assert answers["503"] == 2
     values = samples(families)
     assert values[("voyado_tracking_events_total", frozenset({
         ("outcome", "dropped"), ("reason", "overflow")}))] == 0
@@ -199,7 +202,8 @@ async def test_healthz_is_503_when_redis_misses_a_ping(
                 assert "Redis did not answer PING within 1 s" in body
                 assert "reader" not in body  # still running: it waits for Redis
                 status, _, text = await http_get(f"{server.url}/metrics")
-                assert status == 200 and "voyado_tracking_events_total" in text
+                assert status == 200
+                assert "voyado_tracking_events_total" in text
             finally:
                 await server.aclose()
             await forwarder.aclose(timeout=1.0)
@@ -258,10 +262,78 @@ async def test_forward_cli_serves_the_exposition_and_health(
 
         await eventually(sent, timeout=30)
         status, content_type, text = await http_get(f"{forward.url}/metrics")
-        assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+        assert status == 200
+        assert content_type.startswith("text/plain; version=0.0.4")
         assert {name: f.type for name, f in parse(text).items()} == FAMILIES
         assert await http_get(f"{forward.url}/healthz") == (200, "text/plain; charset=utf-8",
                                                             "ok\n")
     finally:
         await stop_forward(forward)
     assert forward.process.returncode == 0
+
+
+def prometheus_or_skip() -> str:
+    """The prometheus executable; skipped without one, except under CI (where it fails)."""
+    import shutil
+
+    from conftest import under_ci
+
+    found = shutil.which("prometheus")
+    if found is None:
+        reason = "prometheus is not installed (Debian: apt-get install prometheus)"
+        if under_ci():
+            pytest.fail(f"{reason} (.ci/run installs it)")
+        pytest.skip(reason)
+    return found
+
+
+@pytest.mark.ci_once
+async def test_a_real_prometheus_scrapes_the_forwarder_and_reads_back_sent(
+    fake: FakeVoyado, redis_url: str, tmp_path: Path
+) -> None:
+    """A real Prometheus (1 s scrapes) reads ``sent`` off a live ``forward`` process; the
+    value comes back through its HTTP API."""
+    from voyado_tracking.testing._redis import free_port
+
+    executable = prometheus_or_skip()
+    forward = await start_forward(fake, redis_url)
+    target = forward.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: voyado-forwarder\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    api = f"127.0.0.1:{free_port()}"
+    prometheus = await asyncio.create_subprocess_exec(
+        executable, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address={api}", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with vt.RedisOutbox(redis_url) as outbox:
+            for n in range(25):
+                outbox.enqueue(view(f"sku-{n}"))
+        query = f"http://{api}/api/v1/query"
+        params = {"query": 'voyado_tracking_events_total{outcome="sent"}'}
+
+        async def scraped() -> bool:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(
+                    query, params=params
+                ) as response:
+                    answer = await response.json()
+            except (aiohttp.ClientError, ValueError):
+                return False  # not listening yet
+            result = answer.get("data", {}).get("result", [])
+            return bool(result) and result[0]["value"][1] == "25"
+
+        await eventually(scraped, timeout=30)
+    finally:
+        prometheus.terminate()
+        try:
+            await asyncio.wait_for(prometheus.wait(), 20)
+        except asyncio.TimeoutError:
+            prometheus.kill()
+            await prometheus.wait()
+        await stop_forward(forward)
