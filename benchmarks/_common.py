@@ -120,15 +120,24 @@ def percentile(values: Sequence[float], share: float) -> float:
 
 
 async def voyado_caller(
-    sink: str, n: int, prebuilt: bool, **journal: Any
+    sink: str, n: int, prebuilt: bool, otel: bool = False, **journal: Any
 ) -> dict[str, Any]:
+    """Caller cost of ``enqueue()``; with *otel*, the buffer is instrumented with
+    ``vt.instrument()`` on an OpenTelemetry SDK meter provider (an in-memory reader)."""
     import voyado_tracking as vt
 
     raws = raw_views(n)
     events = [build_view(r) for r in raws] if prebuilt else None
     settings = vt.FlushSettings(max_pending=n + CHUNK, flush_interval=60.0)
+    provider = None
     async with vt.TrackingClient(sink, API_KEY, max_requests_per_second=None) as client:
         buffer = vt.TrackingBuffer(client, settings, **journal)
+        if otel:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+            provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            vt.instrument(buffer, meter_provider=provider)
         enqueue = buffer.enqueue
         spent = 0.0
         perf = time.perf_counter
@@ -149,6 +158,8 @@ async def voyado_caller(
             await asyncio.sleep(0)  # the flusher runs between chunks, as between requests
         await buffer.aclose(timeout=60)
         assert buffer.stats.dropped == 0, buffer.stats
+    if provider is not None:
+        provider.shutdown()
     return {"us_per_call": spent / n * 1e6}
 
 

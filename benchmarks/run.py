@@ -41,6 +41,7 @@ INAPP = HERE / "inapp.py"
 # (scenario, library, how many events for it given N)
 TRIALS: list[tuple[str, str, Callable[[int], int]]] = [
     ("caller", "voyado-enqueue", lambda n: n),
+    ("caller", "voyado-enqueue-otel", lambda n: n),
     ("caller", "voyado-build-enqueue", lambda n: n),
     ("caller", "segment", lambda n: n),
     ("caller", "posthog", lambda n: n),
@@ -208,12 +209,30 @@ def table(results: Results) -> str:
              "the rest collapsed (only the latest `time` per cart matters)")
 
     journal_rows(results, compare, absolute)
+    rows.append(instrumented_row(results))
     lines = [
         "| measurement | voyado_tracking | compared with | ratio | target | result |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def instrumented_row(results: Results) -> tuple[str, str, str, str, str, str]:
+    """``enqueue()`` with ``vt.instrument()`` on against off: the gap of the medians must be
+    within max(0.2 µs, the plain runs' spread), over at least 5 interleaved pairs."""
+    on = results.samples("caller", "voyado-enqueue-otel", "us_per_call")
+    off = results.samples("caller", "voyado-enqueue", "us_per_call")
+    metric = "instrumented (`vt.instrument`, OTel SDK): caller cost, µs/call, `enqueue()`"
+    if isinstance(on, str) or isinstance(off, str):
+        return (metric, cell(on), f"not instrumented: {cell(off)}", "—", "—", "n/a")
+    gap = statistics.median(on) - statistics.median(off)
+    bound = max(0.2, max(off) - min(off))
+    verdict = "PASS" if abs(gap) <= bound else "FAIL"
+    if min(len(on), len(off)) < 5:
+        verdict = "n/a (fewer than 5 pairs)"
+    return (metric, cell(on), f"not instrumented: {cell(off)}", f"gap {gap:+.3f} µs",
+            f"gap within ±{bound:.2f} µs (max(0.2, plain spread))", verdict)
 
 
 def journal_rows(results: Results, compare: Callable[..., None],

@@ -103,6 +103,15 @@ def caller_voyado_enqueue(sink: str, n: int) -> dict[str, Any]:
     return asyncio.run(voyado_caller(sink, n, prebuilt=True))
 
 
+def caller_voyado_enqueue_otel(sink: str, n: int) -> dict[str, Any]:
+    """The same, with the buffer instrumented (``vt.instrument``, OpenTelemetry SDK)."""
+    try:
+        import opentelemetry.sdk.metrics  # noqa: F401
+    except ImportError as error:
+        raise Unavailable(f"opentelemetry-sdk is not installed ({error})") from None
+    return asyncio.run(voyado_caller(sink, n, prebuilt=True, otel=True))
+
+
 def caller_voyado_build_enqueue(sink: str, n: int) -> dict[str, Any]:
     return asyncio.run(voyado_caller(sink, n, prebuilt=False))
 
@@ -458,6 +467,7 @@ def collapse_voyado(sink: str, n: int) -> dict[str, Any]:
 
 TRIALS: dict[tuple[str, str], Callable[[str, int], dict[str, Any]]] = {
     ("caller", "voyado-enqueue"): caller_voyado_enqueue,
+    ("caller", "voyado-enqueue-otel"): caller_voyado_enqueue_otel,
     ("caller", "voyado-build-enqueue"): caller_voyado_build_enqueue,
     ("caller", "segment"): caller_segment,
     ("caller", "posthog"): caller_posthog,

@@ -47,9 +47,10 @@ PUBLIC = [
     "__version__",
     "decode_eclub",
     "identify",
+    "instrument",
     "server_cookie_header",
 ]
-FUNCTIONS = {"__version__", "decode_eclub", "identify", "server_cookie_header"}
+FUNCTIONS = {"__version__", "decode_eclub", "identify", "instrument", "server_cookie_header"}
 
 
 def test_all_is_pinned_and_sorted() -> None:

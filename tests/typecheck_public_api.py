@@ -85,10 +85,13 @@ async def fire_and_forget(client: vt.TrackingClient) -> int:
         dropped.append(event)
 
     async with vt.TrackingBuffer(client, settings, on_drop=on_drop) as buffer:
+        vt.instrument(buffer)  # OpenTelemetry, on the global meter provider
         for event in build_events():
             buffer.enqueue(event)
         await buffer.flush(timeout=5.0)
         stats: vt.BufferStats = buffer.stats
+    as_json: dict[str, object] = stats.as_dict()
+    assert as_json["sent"] == stats.sent
     return stats.sent + len(dropped)
 
 

@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._identity import Identity, identify, server_cookie_header
 from ._journal import Journal
+from ._metrics import instrument
 from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
@@ -59,6 +60,7 @@ __all__ = [
     "__version__",
     "decode_eclub",
     "identify",
+    "instrument",
     "server_cookie_header",
 ]
 

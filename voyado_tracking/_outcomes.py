@@ -9,7 +9,11 @@ spooled at close, recovered from a journal. It writes the store's counters and f
   or release). :data:`NO_KEEPER` stands in when there is none, so nothing branches on it;
 - to the loss log (rate-limited warnings whose counts add up to ``stats``);
 - to the user's ``on_drop`` / ``on_dead_letter`` hooks;
-- to whoever waits for progress (``flush()``, ``put()``, close) through :attr:`progress`.
+- to whoever waits for progress (``flush()``, ``put()``, close) through :attr:`progress`;
+- to its :attr:`observers` (metrics: ``vt.instrument()``, the forwarder's ``/metrics``), if
+  any: after each batch and at close they get the :class:`Totals` (:meth:`publish`), and per
+  request and delivered chunk what a histogram needs. Never per ``enqueue``: the counts an
+  enqueue changes reach them with the next batch.
 
 Accounting invariant (checked by the tests): every event ``enqueued`` or ``recovered`` ends up
 exactly once as ``collapsed``, ``sent``, ``dropped``, ``dead_lettered`` or ``spooled``, or is
@@ -22,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from ._clock import Clock
 from ._delays import DeliveryDelays
@@ -35,7 +39,10 @@ from ._stats import BufferStats
 from ._store import PendingStore
 from ._wire import Event
 
-__all__ = ["NO_KEEPER", "DeadLetterHook", "DropHook", "Keeper", "Outcomes", "report_dead_letters"]
+__all__ = [
+    "NO_KEEPER", "DeadLetterHook", "DropHook", "Keeper", "Observer", "Outcomes", "Totals",
+    "report_dead_letters",
+]
 
 log = logging.getLogger("voyado_tracking")
 
@@ -89,6 +96,44 @@ class Keeper:
 NO_KEEPER: Final = Keeper()
 
 
+class Totals(NamedTuple):
+    """What a sink publishes to its observers: its counters (events, except ``retries``) and
+    what its gauges show. Immutable, so another thread may read the last one published."""
+
+    enqueued: int
+    recovered: int
+    collapsed: int
+    sent: int
+    dropped_overflow: int
+    dropped_shutdown: int
+    dropped_expired: int
+    dead_lettered: int
+    spooled: int
+    retries: int
+    pending_carts: int
+    pending_product_views: int
+    in_flight: int
+    oldest_pending_at: float | None  # on the sink's clock; None when nothing is pending
+
+
+class Observer:
+    """Hears a sink's outcomes, on the sink's event loop (see :attr:`Outcomes.observers`).
+
+    This base hears nothing; the metrics (``_observe.SinkObserver``) override it.
+    """
+
+    __slots__ = ()
+
+    def published(self, totals: Totals) -> None:
+        """After each batch, at close, and whenever the sink's watcher ticks."""
+
+    def delivered(self, arrivals: list[float], now: float) -> None:
+        """Events that arrived at *arrivals* (clock time) were delivered at *now*."""
+
+    def batched(self, events: int) -> None:
+        """The sink sends a request of *events* events."""
+
+
 class Outcomes:
     """The accounting of one sink's :class:`PendingStore` (which it owns), and the fan-out.
 
@@ -117,6 +162,8 @@ class Outcomes:
         self.progress = asyncio.Event()  # set whenever something left the store or landed
         self.requests = 0
         self.retries = 0
+        self.drops: dict[DropReason, int] = {"overflow": 0, "shutdown": 0, "expired": 0}
+        self.observers: tuple[Observer, ...] = ()  # metrics, when watched
         self._clock = clock
         self._name = name
         self._sink = sink
@@ -140,6 +187,27 @@ class Outcomes:
             delivery_delay_p50=p50, delivery_delay_p99=p99, **extra,
         )
 
+    @property
+    def name(self) -> str:
+        """What the sink is: "buffer", "outbox" or "forwarder"."""
+        return self._name
+
+    def totals(self) -> Totals:
+        """The counters and gauges to publish (on the sink's loop: it walks the retry maps)."""
+        s, drops = self.store, self.drops
+        return Totals(
+            s.enqueued, s.recovered, s.collapsed, s.sent, drops["overflow"], drops["shutdown"],
+            drops["expired"], s.dead_lettered, s.spooled, self.retries, s.pending_carts,
+            s.pending_views, s.in_flight, s.oldest_pending_at(),
+        )
+
+    def publish(self) -> None:
+        """Tell the observers the totals (nothing to do when there are none)."""
+        if self.observers:
+            totals = self.totals()
+            for observer in self.observers:
+                observer.published(totals)
+
     # -- what waits on it ---------------------------------------------------------------------
 
     def owes(self, marks: Marks) -> bool:
@@ -156,16 +224,24 @@ class Outcomes:
         """Something left the store or landed: wake waiters; the keeper may refill."""
         self.progress.set()
         self.keeper.progress()
+        if self.observers:
+            self.publish()  # once per batch: what this one and the enqueues since changed
 
     # -- requests -----------------------------------------------------------------------------
 
-    def requested(self) -> None:
+    def requested(self, events: int) -> None:
+        """The sink sends a request of *events* events."""
         self.requests += 1
+        for observer in self.observers:
+            observer.batched(events)
 
     def sent(self, batch: Batch, events: list[Event]) -> None:
         """*events* of *batch* were delivered."""
         self.store.resolved(len(events), "sent")
-        self.delays.record(batch.times_of(events), self._clock.now())
+        arrivals, now = batch.times_of(events), self._clock.now()
+        self.delays.record(arrivals, now)
+        for observer in self.observers:
+            observer.delivered(arrivals, now)
         self.keeper.sent(events)
 
     def retry(
@@ -213,6 +289,7 @@ class Outcomes:
 
     def dropped(self, event: Event, reason: DropReason) -> None:
         """The store's drop hook: *event* left undelivered (it counted it)."""
+        self.drops[reason] += 1
         self.keeper.dropped(event)
         if reason == "overflow":
             self.losses.record(
@@ -250,7 +327,14 @@ class Outcomes:
         self.store.drop(event, "expired")
 
     def dispose(self, events: list[Event]) -> None:
-        """At close: keep, spool or count as dropped what is left (drained from the store)."""
+        """At close: keep, spool or count as dropped what is left (drained from the store),
+        then publish the final totals."""
+        try:
+            self._dispose(events)
+        finally:
+            self.publish()
+
+    def _dispose(self, events: list[Event]) -> None:
         store = self.store
         kept = len(events)
         events = self.keeper.keep(events, in_flight=False)

@@ -219,7 +219,7 @@ class Sender:
         failures_left = 2 * sum(len(e) for e, _ in todo).bit_length() + 2
         while todo:
             events, body = todo[0]
-            self._outcomes.requested()
+            self._outcomes.requested(len(events))
             try:
                 await self._send(path, body if body is not None else encode_batch(events))
             except (AuthenticationError, ClientClosedError) as error:

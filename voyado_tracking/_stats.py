@@ -1,17 +1,29 @@
 """The stats snapshots of the event sinks: plain frozen records, importable alone.
 
 A forwarder process imports these without the buffer facade or the SQLite journal stack.
+Each has ``as_dict()``: its fields by name, JSON-ready (ints, floats and None), e.g. for a
+log line or a health endpoint.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 
 __all__ = ["BufferStats", "ForwarderStats", "OutboxStats"]
 
 
+class _AsDict:
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name (JSON-ready: ``json.dumps(stats.as_dict())`` works)."""
+        return attrs.asdict(self)  # type: ignore[arg-type]
+
+
 @attrs.frozen
-class BufferStats:
+class BufferStats(_AsDict):
     """A snapshot of a buffer's counters (events, except ``requests`` and ``retries``) and
     delivery delays (seconds)."""
 
@@ -44,7 +56,7 @@ class ForwarderStats(BufferStats):
 
 
 @attrs.frozen
-class OutboxStats:
+class OutboxStats(_AsDict):
     """A snapshot of an outbox's counters; ``sent`` counts entries written to the stream."""
 
     enqueued: int

@@ -15,6 +15,11 @@ within the same bound, when it is gzip or deflate.
 
 Contact lookups go through :meth:`Transport.get`, behind the same limiter and pause; their
 query holds personal data, so no message or log line carries it.
+
+Metrics hear every request that went out through :attr:`Transport.observers`
+(:data:`Answered`): the path, then the status, or ``"timeout"`` / ``"connection"`` when no
+answer came. A request not sent (a 429 pause the caller would not wait for, a closed client)
+is not heard.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ._version import __version__
 from ._wire import CARTS, CARTS_BATCH, PRODUCT_VIEW, PRODUCT_VIEWS, USER_AGENT_PATTERN
 
 __all__ = [
+    "Answered",
     "LocalRateLimiter",
     "RateLimiter",
     "Send",
@@ -62,6 +68,10 @@ _ERROR_BODY_BYTES: Final = 4096
 # A success body is read (so the connection can be reused) up to this much, then dropped.
 _SUCCESS_BODY_BYTES: Final = 64 * 1024
 _HEADER_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# A request was answered: (path, status), or (path, "timeout" / "connection") without one.
+Answered = Callable[[str, "int | str"], None]
 
 
 class Send(Protocol):
@@ -209,6 +219,7 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self.closed = False
+        self.observers: tuple[Answered, ...] = ()  # metrics, when a sink is watched
 
     def __repr__(self) -> str:
         return "<voyado_tracking transport api_key='***'>"
@@ -249,7 +260,7 @@ class Transport:
             raise
         session = self._get_session()
         started = time.monotonic()
-        with _translate(url, self.timeout):
+        with _translate(url, self.timeout, heard=self._heard(path)):
             async with session.post(
                 url, data=body, headers=self._headers, timeout=self._timeout,
                 allow_redirects=False, auto_decompress=False,
@@ -262,6 +273,8 @@ class Transport:
                     retry_after_header = response.headers.get("Retry-After")
                     coding = response.headers.get("Content-Encoding", "")
         log.debug("POST %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
+        for observer in self.observers:
+            observer(path, status)
         if 200 <= status < 300:
             return
         retry_after = parse_retry_after(retry_after_header)
@@ -309,7 +322,7 @@ class Transport:
         if on_send is not None:
             on_send()
         started = time.monotonic()
-        with _translate(url, self.timeout, "GET", secrets):
+        with _translate(url, self.timeout, "GET", secrets, heard=self._heard(path)):
             async with session.get(
                 url.with_query(params), headers=self._headers, timeout=self._timeout,
                 allow_redirects=False, auto_decompress=False,
@@ -320,6 +333,8 @@ class Transport:
                 retry_after_header = response.headers.get("Retry-After")
                 coding = response.headers.get("Content-Encoding", "")
         log.debug("GET %s -> %d in %.1f ms", path, status, (time.monotonic() - started) * 1000)
+        for observer in self.observers:
+            observer(path, status)
         if ok:
             return raw
         retry_after = parse_retry_after(retry_after_header)
@@ -330,6 +345,19 @@ class Transport:
         text = _inflate(raw, coding).decode("utf-8", "replace")
         text = scrub(text.replace(self._headers["apikey"], "***"), secrets)
         raise api_error(status, text, str(url), retry_after)
+
+
+    def _heard(self, path: str) -> Callable[[str], None] | None:
+        """What tells the observers that a request to *path* got no answer (None: none)."""
+        observers = self.observers
+        if not observers:
+            return None
+
+        def heard(error_type: str) -> None:
+            for observer in observers:
+                observer(path, error_type)
+
+        return heard
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -354,19 +382,25 @@ def _inflate(raw: bytes, coding: str) -> bytes:
 
 @contextlib.contextmanager
 def _translate(
-    url: URL, timeout: float, method: str = "POST", secrets: Iterable[str] = ()
+    url: URL, timeout: float, method: str = "POST", secrets: Iterable[str] = (),
+    heard: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
     """aiohttp's and the OS's failures, as our exceptions (the only place that does this).
 
     *url* is named in messages, so it never carries a query; *secrets* are scrubbed from
-    what aiohttp says (its messages may quote the full URL)."""
+    what aiohttp says (its messages may quote the full URL). *heard* is told ``"timeout"``
+    or ``"connection"`` when no answer came."""
     try:
         yield
     except asyncio.TimeoutError:
         log.debug("%s %s timed out after %.1f s", method, url.path, timeout)
+        if heard is not None:
+            heard("timeout")
         raise TransportError(f"{method} {url} timed out after {timeout:g} s") from None
     except (aiohttp.ClientError, OSError) as error:
         log.debug("%s %s failed: %s", method, url.path, type(error).__name__)
+        if heard is not None:
+            heard("connection")
         raise TransportError(
             f"{method} {url} failed: {scrub(_describe(error), secrets)}"
         ) from None

@@ -4,7 +4,8 @@ Reads the stream that the fleet's ``RedisOutbox`` instances write, in a consumer
 delivers it to Voyado with a shared :class:`RedisRateLimiter` budget. Voyado's base URL and
 API key come from ``VOYADO_BASE_URL`` and ``VOYADO_API_KEY``; the User-Agent from
 ``--user-agent`` or ``VOYADO_USER_AGENT``. ``--replay-dead`` moves the dead-letter stream
-back for another try, and exits.
+back for another try, and exits. ``--metrics-port`` serves ``/metrics`` and ``/healthz``
+(``_metrics_server``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._common import (
     stop_on_signals,
     voyado_environment,
 )
+from ._metrics_server import MetricsServer, port_number
 
 __all__ = ["add_forward", "run_forward"]
 
@@ -75,11 +77,14 @@ async def run_forward(args: argparse.Namespace) -> int:
     ) as forwarder:
         print(f"forwarding {args.stream} (group {args.group}, consumer {forwarder.consumer})",
               file=sys.stderr, flush=True)
+        metrics = await MetricsServer.start(forwarder, args.redis, args.metrics_host,
+                                            args.metrics_port)
         with stop_on_signals(stop.set):
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.stats_interval)
                 _print_stats(forwarder.stats)
+        await metrics.aclose()
         print("stopping: delivering or releasing what this forwarder holds", file=sys.stderr)
     await limiter.aclose()
     _print_stats(forwarder.stats)
@@ -130,5 +135,10 @@ def add_forward(commands: Commands) -> None:
                          "(default: VOYADO_USER_AGENT, else voyado-tracking/<version>)")
     forward.add_argument("--stats-interval", type=seconds, default=10.0,
                          help="seconds between stats lines on stderr (default 10)")
+    forward.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
+                         help="serve /metrics (Prometheus text format) and /healthz on this "
+                         "port (0: a free port, printed on stderr)")
+    forward.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                         help="address for --metrics-port (default 127.0.0.1)")
     forward.add_argument("--replay-dead", action="store_true",
                          help="move <stream>:dead back to the stream for another try, and exit")

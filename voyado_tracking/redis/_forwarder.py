@@ -145,6 +145,15 @@ class Forwarder(Lifecycle):
     def stats(self) -> ForwarderStats:
         return self._outcomes.snapshot(ForwarderStats, claimed=self.claimed)
 
+    async def _stream_length(self) -> int:
+        """The stream's length (``XLEN``): entries not yet delivered or dead-lettered, by
+        any forwarder (the metrics' ``stream_backlog``)."""
+        return int(await self._redis.xlen(self.stream))
+
+    def _reader_stopped(self) -> bool:
+        """Whether the reader task ended (started, then stopped: closed, or cancelled)."""
+        return bool(self._tasks) and self._tasks[0].done()
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
