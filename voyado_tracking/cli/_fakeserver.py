@@ -42,7 +42,8 @@ def add_fake_server(commands: Commands) -> None:
         "VOYADO_API_KEY=...' on one line of stdout, then serves until Ctrl-C or SIGTERM. "
         "GET <url>/_fake/state shows what it received: carts by latest time, product views, "
         "request counts, the log of the last 10,000 requests (time, path, status, events), "
-        "the busiest second and the cart updates received, and the mails Engage would send by now, as JSON.",
+        "the busiest second, the cart updates received and the mails Engage would send by "
+        "now, as JSON.",
     )
     fake.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     fake.add_argument("--port", type=int, default=0, help="port (default: a free one)")
