@@ -16,6 +16,8 @@ from ._errors import (
     AuthenticationError,
     BufferClosedError,
     BufferFullError,
+    ClientClosedError,
+    ForkedProcessError,
     InvalidEventError,
     InvalidSoftLoginError,
     MultipleMatchesError,
@@ -29,6 +31,7 @@ from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
 from ._sink import EventSink
+from ._tracker import Tracker
 from ._version import __version__
 
 __all__ = [
@@ -39,9 +42,11 @@ __all__ = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "ClientClosedError",
     "ContactCache",
     "EventSink",
     "FlushSettings",
+    "ForkedProcessError",
     "Identity",
     "InvalidEventError",
     "InvalidSoftLoginError",
@@ -51,6 +56,7 @@ __all__ = [
     "RateLimitError",
     "RetryPolicy",
     "SoftLogin",
+    "Tracker",
     "TrackingBuffer",
     "TrackingClient",
     "TransportError",
