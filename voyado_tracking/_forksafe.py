@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ForkGate", "cooperative", "keep_forever", "original"]
+__all__ = ["ForkGate", "RealEvent", "cooperative", "keep_forever", "original", "start_thread"]
 
 _kept: list[object] = []  # the fallback when the interpreter offers no way to leak
 
@@ -103,3 +105,48 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
+
+
+def start_thread(target: Callable[[], object], name: str) -> None:
+    """Start *target* on a new daemon OS thread (a real one under gevent, where
+    ``threading.Thread`` would make a greenlet that only runs when its hub does)."""
+    if cooperative():
+        original("_thread", "start_new_thread")(target, ())
+    else:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+
+class RealEvent:
+    """``threading.Event`` on real OS locks (under gevent, ``threading.Event`` is a greenlet
+    event, which an OS thread cannot wait on)."""
+
+    __slots__ = ("_flag", "_gate", "_mutex")
+
+    def __init__(self) -> None:
+        allocate = original("_thread", "allocate_lock")
+        self._mutex = allocate()
+        self._gate = allocate()  # held while the flag is clear
+        self._gate.acquire()
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._mutex:
+            if not self._flag:
+                self._flag = True
+                self._gate.release()
+
+    def clear(self) -> None:
+        with self._mutex:
+            if self._flag:
+                self._flag = False
+                self._gate.acquire()  # a waiter holds it only for an instant
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        if self._gate.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._gate.release()
+        return self._flag

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Generic, TypeVar
 
-from ._forksafe import cooperative, original
+from ._forksafe import cooperative, original, start_thread
 
 __all__ = ["LoopThread"]
 
@@ -93,9 +93,7 @@ class LoopThread:
         if self.cooperative:
             # The hub's modules load here, not under the loop thread's imports (a deadlock).
             importlib.import_module("gevent").get_hub()
-            original("_thread", "start_new_thread")(self._run, (ready,))
-        else:
-            threading.Thread(target=self._run, args=(ready,), name=name, daemon=True).start()
+        start_thread(lambda: self._run(ready), name)
         ready.acquire()  # a real wait, short: the thread is running its loop next
 
     def _run(self, ready: Any) -> None:
