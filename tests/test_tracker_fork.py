@@ -181,3 +181,98 @@ def test_journal_keeps_what_sync_returned_for_across_kill_9(
                     settings=fast_settings()) as recovering:
         recovering.flush(30)
     assert {v.item_id for v in threaded_fake.product_views} == {f"p{i}" for i in range(200)}
+
+
+def test_a_forked_child_closes_the_journal_lock_without_unlocking_it(
+    threaded_fake: FakeVoyado, tmp_path: Path
+) -> None:
+    """flock belongs to the open file both processes share: the child closes its copy, and
+    the parent still owns its journal file, during and after the child."""
+    import fcntl
+
+    journal = vt.Journal(tmp_path / "journal")
+    tracker = vt.Tracker(threaded_fake.url, threaded_fake.api_key, journal=journal,
+                         settings=fast_settings())
+    tracker.enqueue(view("p1"))
+    tracker.sync(10)
+    (lock,) = (tmp_path / "journal").glob("*.lock")
+
+    def lock_is_free() -> bool:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+    def child() -> int:
+        from voyado_tracking._journal import _db
+
+        return 0 if not _db._held_locks and not lock_is_free() else 1
+
+    assert in_child(child) == 0
+    assert not lock_is_free()
+    tracker.close()
+
+
+def test_children_forked_while_the_parent_delivers_start_their_own(
+    threaded_fake: FakeVoyado, tmp_path: Path
+) -> None:
+    """Forks land while the parent's loop and journal writer are busy; each child starts its
+    own thread and journal file and delivers its events."""
+    import threading
+
+    tracker = vt.Tracker(threaded_fake.url, threaded_fake.api_key,
+                         journal=vt.Journal(tmp_path / "journal"), settings=fast_settings())
+    stop = threading.Event()
+
+    def produce() -> None:
+        n = 0
+        while not stop.is_set():
+            tracker.enqueue(view(f"parent-{n}"))
+            n += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for round_ in range(4):
+            def child(round_: int = round_) -> int:
+                for i in range(10):
+                    tracker.enqueue(view(f"child{round_}-{i}"))
+                tracker.sync(20)
+                tracker.flush(20)
+                tracker.close()
+                return 0
+
+            assert in_child(child) == 0
+    finally:
+        stop.set()
+        producer.join()
+    tracker.close()
+    items = {v.item_id for v in threaded_fake.product_views}
+    assert {f"child{r}-{i}" for r in range(4) for i in range(10)} <= items
+
+
+@pytest.mark.fleet
+def test_fleet_mode_writes_to_the_stream_and_sends_through_the_shared_limiter(
+    threaded_fake: FakeVoyado, redis_url: str
+) -> None:
+    import redis
+
+    with vt.Tracker(threaded_fake.url, threaded_fake.api_key, redis_url=redis_url,
+                    settings=fast_settings()) as tracker:
+        for i in range(30):
+            tracker.enqueue(view(f"p{i}"))
+        tracker.sync(10)  # in fleet mode: written to Redis
+        stats = tracker.stats
+        assert stats.sent == 30
+        tracker.send(view("direct"))
+    assert [v.item_id for v in threaded_fake.product_views] == ["direct"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen("voyado-tracking") == 30
+        assert client.keys("voyado-tracking:rate:*")  # the send took a shared slot
+    finally:
+        client.close()
