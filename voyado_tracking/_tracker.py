@@ -17,7 +17,7 @@ Fork: in a child (``os.register_at_fork``) the inherited runtime (thread, loop, 
 buffer, journal writer) is dropped without being called and kept from being destroyed
 (:func:`~voyado_tracking._forksafe.keep_forever`); the next use starts a new one. Before a
 fork the parent's loop is parked between callbacks. Interpreter exit closes every tracker
-within its ``shutdown_timeout`` (:mod:`voyado_tracking._trackerexit`).
+within its ``shutdown_timeout`` (both in :mod:`voyado_tracking._trackerhooks`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import contextlib
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from . import _trackerhooks as hooks
 from ._client import TrackingClient
 from ._errors import BufferClosedError
 from ._intake import Intake
@@ -141,7 +141,7 @@ class Tracker:
         self._runtime: _Runtime | None = None
         self._closed = False
         self._start_lock = threading.Lock()
-        _trackers.add(self)
+        hooks.register(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._runtime else "not started"
@@ -362,9 +362,7 @@ class Tracker:
             except BaseException:
                 runtime.thread.stop(1.0)
                 raise
-            from ._trackerexit import on_start
-
-            on_start()
+            hooks.on_start()
             self._runtime = runtime
             return runtime
 
@@ -449,34 +447,3 @@ async def _within(awaitable: Awaitable[_T], timeout: float, what: str) -> _T:
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"{what} did not finish in {timeout:g} s") from None
-
-
-_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
-
-
-def live_trackers() -> list[Tracker]:
-    return list(_trackers)
-
-
-def _before_fork() -> None:
-    for tracker in list(_trackers):
-        runtime = tracker._runtime
-        if runtime is not None:
-            runtime.thread.park(timeout=1.0)
-
-
-def _after_fork_in_parent() -> None:
-    for tracker in list(_trackers):
-        runtime = tracker._runtime
-        if runtime is not None:
-            runtime.thread.resume()
-
-
-def _after_fork_in_child() -> None:
-    for tracker in list(_trackers):
-        tracker._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)

@@ -1,4 +1,5 @@
-"""Closing every :class:`~voyado_tracking.Tracker` at interpreter exit, bounded.
+"""What the process does to every :class:`~voyado_tracking.Tracker`: close it at interpreter
+exit (bounded), pause its loop before a fork, let go of its runtime in the child.
 
 ``atexit`` runs too late: by then ``concurrent.futures`` refuses new work, so the loop cannot
 resolve a host name (``getaddrinfo`` runs in its executor) and the last batch fails. The hook
@@ -14,8 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
+from typing import TYPE_CHECKING
 
-__all__ = ["on_start"]
+if TYPE_CHECKING:
+    from ._tracker import Tracker
+
+__all__ = ["close_all", "live_trackers", "on_start", "register"]
 
 log = logging.getLogger("voyado_tracking")
 
@@ -43,8 +49,6 @@ def on_start() -> None:
 
 
 def close_all() -> None:
-    from ._tracker import live_trackers
-
     for tracker in live_trackers():
         if tracker._runtime is None:
             continue
@@ -54,10 +58,38 @@ def close_all() -> None:
             log.exception("closing a Tracker at exit failed")
 
 
+_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def register(tracker: Tracker) -> None:
+    _trackers.add(tracker)
+
+
+def live_trackers() -> list[Tracker]:
+    return list(_trackers)
+
+
+def _before_fork() -> None:
+    for tracker in list(_trackers):
+        runtime = tracker._runtime
+        if runtime is not None:
+            runtime.thread.park(timeout=1.0)
+
+
+def _after_fork_in_parent() -> None:
+    for tracker in list(_trackers):
+        runtime = tracker._runtime
+        if runtime is not None:
+            runtime.thread.resume()
+
+
 def _after_fork_in_child() -> None:
     global _forked, _finalizer
     _forked, _finalizer = True, False
+    for tracker in list(_trackers):
+        tracker._forked()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
