@@ -45,6 +45,7 @@ TRIALS: list[tuple[str, str, Callable[[int], int]]] = [
     ("caller", "voyado-build-enqueue", lambda n: n),
     ("caller", "segment", lambda n: n),
     ("caller", "posthog", lambda n: n),
+    ("tracker", "voyado-tracker", lambda n: n),
     ("throughput", "voyado", lambda n: n),
     ("throughput", "voyado-prebuilt", lambda n: n),
     ("throughput", "segment", lambda n: n),
@@ -166,6 +167,11 @@ def table(results: Results) -> str:
             False)
     compare("caller cost, µs/call: build `ProductView` + `enqueue()`", build,
             ("caller", "segment", "us_per_call"), "Segment `track()`", "ours/theirs", 0.2, False)
+    tracker = ("tracker", "voyado-tracker", "us_per_call")
+    for lib, label, target in (("segment", "Segment `track()`", 0.1),
+                               ("posthog", "PostHog `capture()`", None)):
+        compare("caller cost, µs/call: `Tracker.enqueue()` (sync facade) of a pre-built event",
+                tracker, ("caller", lib, "us_per_call"), label, "ours/theirs", target, False)
     for variant, what in (("voyado", "events built in the loop"),
                           ("voyado-prebuilt", "pre-built events")):
         ours = ("throughput", variant, "events_per_s")
@@ -262,6 +268,8 @@ OURS: list[tuple[str, str, str, str, bool]] = [
     ("caller cost of `enqueue()`, µs", "caller", "voyado-enqueue", "us_per_call", False),
     ("caller cost of build + `enqueue()`, µs", "caller", "voyado-build-enqueue", "us_per_call",
      False),
+    ("caller cost of `Tracker.enqueue()`, µs", "tracker", "voyado-tracker", "us_per_call",
+     False),
     ("delivered events/s, built in the loop", "throughput", "voyado", "events_per_s", True),
     ("delivered events/s, pre-built", "throughput", "voyado-prebuilt", "events_per_s", True),
     ("memory per buffered view, bytes", "memory", "voyado", "bytes_per_event", False),
@@ -350,7 +358,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="events per trial (default 100000)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     parser.add_argument("--only", help="comma-separated scenarios (caller, throughput, "
-                        "memory, latency, looplag, collapse, journal, inapp)")
+                        "memory, latency, looplag, collapse, journal, tracker, inapp)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per trial")
     parser.add_argument("--baseline", metavar="DIR",
                         help="compare ours with the voyado_tracking source tree in DIR")

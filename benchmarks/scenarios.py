@@ -38,6 +38,7 @@ from _common import (
     voyado_throughput,
 )
 from journal_scenarios import TRIALS as JOURNAL_TRIALS
+from tracker import TRIALS as TRACKER_TRIALS
 
 # -- inputs --------------------------------------------------------------------------------
 
@@ -487,6 +488,7 @@ TRIALS: dict[tuple[str, str], Callable[[str, int], dict[str, Any]]] = {
     ("looplag", "voyado"): looplag_voyado,
     ("collapse", "voyado"): collapse_voyado,
     **JOURNAL_TRIALS,
+    **TRACKER_TRIALS,
 }
 
 

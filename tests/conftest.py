@@ -167,3 +167,46 @@ async def fake_server_process(*args: str) -> AsyncIterator[FakeServerProcess]:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+class ThreadedFake:
+    """A FakeVoyado served by its own event loop on a thread, for tests of synchronous code
+    (a Tracker's callers block: the fake must not share their thread)."""
+
+    def __init__(self, **options: Any) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = FakeVoyado(**options)
+        self.run(self.server.start())
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run *coroutine* on the fake's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def close(self) -> None:
+        self.run(self.server.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_fake() -> Iterator[FakeVoyado]:
+    """A started FakeVoyado on 127.0.0.1 running on its own thread (for sync tests)."""
+    fake = ThreadedFake()
+    try:
+        yield fake.server
+    finally:
+        fake.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """``eventually`` for synchronous tests: poll *condition*; fail after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)

@@ -15,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ROWS = [
     "caller cost, µs/call: `enqueue()` of a pre-built event",
     "caller cost, µs/call: build `ProductView` + `enqueue()`",
+    "caller cost, µs/call: `Tracker.enqueue()` (sync facade) of a pre-built event",
     "delivered events/s (events built in the loop)",
     "delivered events/s (pre-built events)",
     "memory per buffered product view, bytes (RSS)",

@@ -27,9 +27,11 @@ PUBLIC = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "ClientClosedError",
     "ContactCache",
     "EventSink",
     "FlushSettings",
+    "ForkedProcessError",
     "Identity",
     "InvalidEventError",
     "InvalidSoftLoginError",
@@ -39,6 +41,7 @@ PUBLIC = [
     "RateLimitError",
     "RetryPolicy",
     "SoftLogin",
+    "Tracker",
     "TrackingBuffer",
     "TrackingClient",
     "TransportError",
@@ -107,6 +110,9 @@ def test_error_tree() -> None:
     assert issubclass(vt.InvalidSoftLoginError, vt.VoyadoError)
     assert issubclass(vt.InvalidSoftLoginError, ValueError)
     assert not issubclass(vt.TransportError, vt.ApiError)
+    assert issubclass(vt.ClientClosedError, vt.VoyadoError)
+    assert issubclass(vt.ForkedProcessError, vt.BufferClosedError)
+    assert issubclass(vt.ForkedProcessError, RuntimeError)
 
 
 def test_package_is_typed() -> None:

@@ -16,6 +16,8 @@ from ._errors import (
     AuthenticationError,
     BufferClosedError,
     BufferFullError,
+    ClientClosedError,
+    ForkedProcessError,
     InvalidEventError,
     InvalidSoftLoginError,
     MultipleMatchesError,
@@ -30,6 +32,7 @@ from ._models import Cart, CartItem, ProductView, Utm
 from ._retry import RetryPolicy
 from ._settings import FlushSettings
 from ._sink import EventSink
+from ._tracker import Tracker
 from ._version import __version__
 
 __all__ = [
@@ -40,9 +43,11 @@ __all__ = [
     "BufferStats",
     "Cart",
     "CartItem",
+    "ClientClosedError",
     "ContactCache",
     "EventSink",
     "FlushSettings",
+    "ForkedProcessError",
     "Identity",
     "InvalidEventError",
     "InvalidSoftLoginError",
@@ -52,6 +57,7 @@ __all__ = [
     "RateLimitError",
     "RetryPolicy",
     "SoftLogin",
+    "Tracker",
     "TrackingBuffer",
     "TrackingClient",
     "TransportError",

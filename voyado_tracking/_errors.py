@@ -11,7 +11,9 @@ aiohttp is called, so callers never import aiohttp to catch our failures::
     │   ├── RateLimitError       429: too many requests (``retry_after`` when Voyado said)
     │   └── MultipleMatchesError 409 from a contact lookup: several contacts match
     ├── TransportError           timeout, refused or dropped connection, broken response
-    ├── BufferClosedError        the TrackingBuffer no longer accepts events
+    ├── ClientClosedError        the TrackingClient was closed, or its event loop was
+    ├── BufferClosedError        the TrackingBuffer (or Tracker) no longer accepts events
+    │   └── ForkedProcessError   (also a RuntimeError) a buffer used in a forked child
     └── BufferFullError          the TrackingBuffer is at ``max_pending`` (overflow="raise")
 
 No message, attribute or repr carries the API key, nor a looked-up email, phone number or
@@ -25,6 +27,8 @@ __all__ = [
     "AuthenticationError",
     "BufferClosedError",
     "BufferFullError",
+    "ClientClosedError",
+    "ForkedProcessError",
     "InvalidEventError",
     "InvalidSoftLoginError",
     "MultipleMatchesError",
@@ -139,11 +143,18 @@ class TransportError(VoyadoError):
 
 
 class ClientClosedError(VoyadoError):
-    """The TrackingClient was closed: nothing more can be sent through it. Final."""
+    """The TrackingClient was closed, or the event loop it was used in is closed: nothing
+    more can be sent through it. Final."""
 
 
 class BufferClosedError(VoyadoError):
     """The TrackingBuffer is closed (or closing) and takes no more events."""
+
+
+class ForkedProcessError(BufferClosedError, RuntimeError):
+    """A sink (``TrackingBuffer``, ``RedisOutbox``) built before ``fork`` was used in the
+    forked child: its loop, tasks and sockets belong to the parent. Build one in the child,
+    or use a :class:`~voyado_tracking.Tracker`, which starts afresh in each process."""
 
 
 class BufferFullError(VoyadoError):

@@ -8,7 +8,11 @@ outbox's stream writer). It does, once for every sink:
 - the lifecycle, one :class:`State`: ``NEW`` (not bound to an event loop yet), ``OPEN``,
   ``CLOSING``, ``CLOSED``;
 - the binding to one event loop and one process (a sink must never be used across ``fork``:
-  its loop, tasks and sockets belong to the parent);
+  its loop, tasks and sockets belong to the parent). In a forked child every entry point
+  fails at once with :class:`ForkedProcessError` (``enqueue_threadsafe`` returns a failed
+  future rather than one no loop will ever run), logged once per sink; the open sinks the
+  child inherited are kept alive and never called, so their destructors neither close the
+  parent's sockets nor log or warn about the parent's events;
 - ``enqueue`` (type dispatch into the store, the journal's append first when there is one),
   ``enqueue_threadsafe``, ``put`` (waits for room), ``flush`` (waits until the events enqueued
   before it are no longer owed), and the bounded ``aclose``: drain within the timeout, stop the
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
 
 from ._clock import Clock, wait_until
-from ._errors import BufferClosedError, BufferFullError
+from ._errors import BufferClosedError, BufferFullError, ForkedProcessError
 from ._lifecycle import AsyncClosing, call_threadsafe
 from ._models import Cart, ProductView
 from ._outcomes import Outcomes
@@ -55,6 +59,12 @@ _fork_generation = 0
 def _after_fork() -> None:
     global _fork_generation
     _fork_generation += 1
+    inherited = list(_open_sinks)
+    _open_sinks.clear()
+    if inherited:
+        from ._forksafe import keep_forever
+
+        keep_forever(inherited)  # never destroyed here: see the module docstring
 
 
 if hasattr(os, "register_at_fork"):
@@ -99,7 +109,8 @@ _I = TypeVar("_I", bound="Intake")
 @atexit.register
 def _report_unclosed_at_exit() -> None:
     for sink in list(_open_sinks):
-        sink._report_unclosed("the interpreter is exiting")
+        if sink._fork_generation == _fork_generation:
+            sink._report_unclosed("the interpreter is exiting")
 
 
 class Lifecycle(AsyncClosing):
@@ -117,6 +128,7 @@ class Lifecycle(AsyncClosing):
         self._clock = clock
         self._state = State.NEW
         self._fork_generation = _fork_generation
+        self._fork_logged = False
         self._closed: asyncio.Future[None] | None = None
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -125,10 +137,10 @@ class Lifecycle(AsyncClosing):
         ``timeout`` defaults to ``settings.shutdown_timeout``; the call returns within it.
         Idempotent: a second call waits for the first.
         """
+        self._check_fork()
         if self._closed is not None:
             await asyncio.shield(self._closed)
             return
-        self._check_fork()
         state, self._state = self._state, State.CLOSING
         self._closing()
         self._closed = asyncio.get_running_loop().create_future()
@@ -171,9 +183,20 @@ class Lifecycle(AsyncClosing):
 
     def _check_fork(self) -> None:
         if self._fork_generation != _fork_generation:
-            raise RuntimeError(
-                f"a {type(self).__name__} cannot be used in a forked child process"
-            )
+            raise self._forked_error()
+
+    def _forked_error(self) -> ForkedProcessError:
+        name = type(self).__name__
+        message = (
+            f"this {name} was built before fork and cannot be used in a forked child "
+            f"(process {os.getpid()}): its event loop, tasks and sockets belong to the parent. "
+            f"Build the {name} in the child, or use voyado_tracking.Tracker, which starts "
+            "afresh in each process"
+        )
+        if not self._fork_logged:
+            self._fork_logged = True
+            log.error("%s", message)
+        return ForkedProcessError(message)
 
 
 class Intake(Lifecycle):
@@ -233,6 +256,10 @@ class Intake(Lifecycle):
 
     def enqueue_threadsafe(self, event: Event) -> concurrent.futures.Future[None]:
         """Queue an event from another thread; the future holds the outcome of ``enqueue``."""
+        if self._fork_generation != _fork_generation:
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            future.set_exception(self._forked_error())
+            return future
         loop = self._loop
         if loop is None:
             raise RuntimeError(
@@ -264,6 +291,15 @@ class Intake(Lifecycle):
                 f"{store.held} events (max_pending={bound})"
             )
         self.enqueue(event)
+
+    def drop_unqueued(self, event: Event, reason: str) -> None:
+        """*event* was dropped before it reached the store (a Tracker's hand-off applies
+        the overflow policy in the caller's thread): counted as enqueued and dropped, logged
+        and reported to ``on_drop`` like the store's own drops."""
+        store = self._store
+        store.enqueued += 1
+        store.dropped += 1
+        self._outcomes.dropped(event, reason, kept=False)  # type: ignore[arg-type]
 
     # -- flush and close ----------------------------------------------------------------------
 
@@ -301,6 +337,8 @@ class Intake(Lifecycle):
         return f"{self._store.held} events not handed over yet"
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_fork_generation", None) != _fork_generation:
+            return  # built before fork: the parent's events, the parent's business
         if getattr(self, "_state", State.CLOSED) in (State.NEW, State.OPEN):
             held = self._report_unclosed("it was garbage-collected")
             self._abandoned()

@@ -287,10 +287,12 @@ class Outcomes:
 
     # -- drops, recovery, close -----------------------------------------------------------------
 
-    def dropped(self, event: Event, reason: DropReason) -> None:
-        """The store's drop hook: *event* left undelivered (it counted it)."""
+    def dropped(self, event: Event, reason: DropReason, *, kept: bool = True) -> None:
+        """The store's drop hook: *event* left undelivered (it counted it). *kept*: the
+        keeper was told of it (False for an event dropped before it reached the store)."""
         self.drops[reason] += 1
-        self.keeper.dropped(event)
+        if kept:
+            self.keeper.dropped(event)
         if reason == "overflow":
             self.losses.record(
                 "drop:overflow", 1, f"{self._name} full (max_pending="

@@ -68,6 +68,10 @@ _ERROR_BODY_BYTES: Final = 4096
 # A success body is read (so the connection can be reused) up to this much, then dropped.
 _SUCCESS_BODY_BYTES: Final = 64 * 1024
 _HEADER_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f]")
+LOOP_CLOSED: Final = (
+    "this TrackingClient cannot be used: its event loop is closed; create the TrackingClient "
+    "inside the loop that uses it"
+)
 
 
 # A request was answered: (path, status), or (path, "timeout" / "connection") without one.
@@ -238,12 +242,17 @@ class Transport:
     def _get_session(self) -> aiohttp.ClientSession:
         if self.closed:
             raise ClientClosedError("this TrackingClient is closed")
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+        session = self._session
+        if session is not None:
+            loop = getattr(session, "_loop", None)  # the loop its connections live in
+            if loop is not None and loop.is_closed():
+                raise ClientClosedError(LOOP_CLOSED)
+        else:
+            session = self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._verify_tls),
                 timeout=self._timeout,
             )
-        return self._session
+        return session
 
     async def post(self, path: str, body: bytes, max_pause: float | None = None) -> None:
         """One POST through the rate limiter; raises ApiError or TransportError on failure.
@@ -405,6 +414,8 @@ def _translate(
             f"{method} {url} failed: {scrub(_describe(error), secrets)}"
         ) from None
     except RuntimeError as error:  # e.g. a borrowed session that its owner closed
+        if "loop is closed" in str(error):
+            raise ClientClosedError(LOOP_CLOSED) from None
         raise ClientClosedError(
             f"{method} {url} failed: {scrub(_describe(error), secrets)}"
         ) from None

@@ -141,7 +141,24 @@ def _lock(path: Path) -> int | None:
         os.close(fd)
         raise
     os.fchmod(fd, 0o600)
+    _held_locks.add(fd)
     return fd
+
+
+# The lock descriptors this process holds. A forked child closes its copies without
+# unlocking: flock belongs to the open file, which the parent still holds and uses.
+_held_locks: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class JournalFile:
@@ -398,6 +415,7 @@ def _unlock(path: Path, lock_fd: int, *, remove: bool = True) -> None:
     if remove:  # while still holding the lock: no one can be adopting this file now
         with contextlib.suppress(FileNotFoundError):
             path.with_name(path.name + ".lock").unlink()
+    _held_locks.discard(lock_fd)
     os.close(lock_fd)
 
 

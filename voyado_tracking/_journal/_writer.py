@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from .._forksafe import ForkGate, RealEvent, start_thread
 from .._models import Cart, ProductView
 from .._wire import Event
 from . import _ops
@@ -98,17 +98,16 @@ class Writer:
         self._on_commit = on_commit
         self._on_closed = on_closed
         self._on_superseded = on_superseded
-        self._urgent = threading.Event()
+        self._urgent = RealEvent()  # set by the loop's thread, real under gevent too
+        self._gate = ForkGate()  # taken before a fork: never one inside an SQLite call
         self._stopping = False
         self._own: JournalFile | None = None
         self._sources: list[Source] = []
         self._wanted = 0
         self._end_posted = False  # the loop was told that recovery read everything
-        self._thread = threading.Thread(target=self.run, name="voyado_tracking journal",
-                                        daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        start_thread(self.run, "voyado_tracking journal")
 
     def wake(self) -> None:
         self._urgent.set()
@@ -122,13 +121,15 @@ class Writer:
 
     def run(self) -> None:
         try:
-            self._open()
+            with self._gate:
+                self._open()
             last = time.monotonic()
             while True:
                 self._urgent.wait(max(0.0, last + self._interval - time.monotonic()))
                 self._urgent.clear()
                 stopping = self._stopping
-                self._round()
+                with self._gate:
+                    self._round()
                 last = time.monotonic()
                 if stopping and not self.ops:
                     break
@@ -137,7 +138,8 @@ class Writer:
             self._fail("an unexpected error")
         finally:
             try:
-                self._close_files()
+                with self._gate:
+                    self._close_files()
             except Exception:
                 log.exception("the journal could not close its files")
             finally:  # the loop stops waiting for this thread (flush, sync, recovery)
