@@ -63,3 +63,37 @@ def test_flask_under_gunicorn_gthread_delivers_every_view_after_sigterm(
             server.wait()
     seen = {view.item_id for view in threaded_fake.product_views}
     assert set(skus) <= seen
+
+
+def _enqueue_in_worker(args: tuple[str, str, str]) -> None:
+    import voyado_tracking as vt
+
+    url, key, sku = args
+    tracker = _pool_tracker(url, key)
+    tracker.enqueue(vt.ProductView(sku, CONTACT))
+
+
+_TRACKERS: dict[str, object] = {}
+
+
+def _pool_tracker(url: str, key: str) -> object:
+    import voyado_tracking as vt
+
+    if url not in _TRACKERS:
+        _TRACKERS[url] = vt.Tracker(url, key, client_options={"max_requests_per_second": None})
+    return _TRACKERS[url]
+
+
+@pytest.mark.ci_once
+@pytest.mark.timeout(90)
+def test_multiprocessing_pool_closed_and_joined_delivers_every_event(
+    threaded_fake: FakeVoyado,
+) -> None:
+    import multiprocessing
+
+    skus = [f"SKU-{n}" for n in range(40)]
+    pool = multiprocessing.get_context("fork").Pool(3)
+    pool.map(_enqueue_in_worker, [(threaded_fake.url, threaded_fake.api_key, s) for s in skus])
+    pool.close()
+    pool.join()
+    wait_for(lambda: {v.item_id for v in threaded_fake.product_views} >= set(skus), timeout=30)

@@ -19,6 +19,7 @@ voyado = VoyadoTracking(app)
 
 @app.get("/view/<sku>")
 def view(sku: str) -> str:
-    assert voyado.tracker is not None and flask.g.voyado is not None
+    assert voyado.tracker is not None
+    assert flask.g.voyado is not None
     voyado.tracker.enqueue(vt.ProductView(sku, flask.g.voyado.contact_id))
     return "ok"
