@@ -37,33 +37,46 @@ def get(url: str) -> bool:
         return False
 
 
-@pytest.mark.ci_once
-@pytest.mark.timeout(90)
-def test_flask_under_gunicorn_gthread_delivers_every_view_after_sigterm(
-    threaded_fake: FakeVoyado,
-) -> None:
+def run_gunicorn(fake: FakeVoyado, *args: str) -> set[str]:
+    """Serve 50 views under gunicorn *args*, SIGTERM it; the item ids the fake then holds."""
     gunicorn_or_skip()
     port = free_port()
-    env = {**os.environ, "VOYADO_URL": threaded_fake.url,
-           "VOYADO_API_KEY": threaded_fake.api_key, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "VOYADO_URL": fake.url,
+           "VOYADO_API_KEY": fake.api_key, "PYTHONPATH": str(TESTS)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "2",
-         "-b", f"127.0.0.1:{port}", "apps.flask_shop:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", *args],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/view/warmup"), timeout=30)
-        skus = [f"SKU-{n}" for n in range(50)]
-        assert all(get(f"http://127.0.0.1:{port}/view/{sku}") for sku in skus)
+        skus = {f"SKU-{n}" for n in range(50)}
+        assert all(get(f"http://127.0.0.1:{port}/view/{sku}") for sku in sorted(skus))
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
-    seen = {view.item_id for view in threaded_fake.product_views}
-    assert set(skus) <= seen
+    return skus - {view.item_id for view in fake.product_views}
 
+
+@pytest.mark.ci_once
+@pytest.mark.timeout(90)
+def test_flask_under_gunicorn_gthread_delivers_every_view_after_sigterm(
+    threaded_fake: FakeVoyado,
+) -> None:
+    lost = run_gunicorn(threaded_fake, "-k", "gthread", "--threads", "4", "-w", "2",
+                        "apps.flask_shop:app")
+    assert lost == set()
+
+
+@pytest.mark.ci_once
+@pytest.mark.timeout(90)
+def test_django_under_gunicorn_preload_sync_workers_delivers_every_view_after_sigterm(
+    threaded_fake: FakeVoyado,
+) -> None:
+    lost = run_gunicorn(threaded_fake, "--preload", "-w", "2", "apps.django_shop:app")
+    assert lost == set()
 
 def _enqueue_in_worker(args: tuple[str, str, str]) -> None:
     import voyado_tracking as vt
