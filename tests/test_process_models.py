@@ -110,3 +110,13 @@ def test_multiprocessing_pool_closed_and_joined_delivers_every_event(
     pool.close()
     pool.join()
     wait_for(lambda: {v.item_id for v in threaded_fake.product_views} >= set(skus), timeout=30)
+
+
+@pytest.mark.ci_once
+@pytest.mark.timeout(90)
+def test_flask_under_gunicorn_gevent_delivers_every_view_after_sigterm(
+    threaded_fake: FakeVoyado,
+) -> None:
+    import gevent  # noqa: F401  (in the test extra: a missing one fails)
+    lost = run_gunicorn(threaded_fake, "-k", "gevent", "-w", "2", "apps.flask_shop:app")
+    assert lost == set()
