@@ -219,7 +219,7 @@ class Writer:
                         begun = True
                     self._write(own, step, round_)
                 del items, step  # what only they held is freed here, a step's worth
-                time.sleep(0)  # releases the GIL: the event loop runs between steps
+                _ops.yield_gil()  # the event loop runs between steps
             if begun and own is not None:
                 own.commit()
         except sqlite3.Error as error:
