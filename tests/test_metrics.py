@@ -299,6 +299,18 @@ async def test_a_tracker_is_followed_into_each_new_buffer(
     assert metrics.histogram("voyado_tracking.batch_size").count == 2
 
 
+def test_a_real_trackers_buffer_is_instrumented_when_it_starts(
+    threaded_fake: FakeVoyado, metrics: Metrics
+) -> None:
+    """instrument(Tracker) before first use: the buffer it then builds feeds the counters."""
+    with vt.Tracker(threaded_fake.url, threaded_fake.api_key, settings=fast_settings()) as tracker:
+        vt.instrument(tracker, meter_provider=metrics.provider)
+        for i in range(3):
+            tracker.enqueue(view(f"sku-{i}"))
+        tracker.flush(timeout=10)
+        assert metrics.events()["sent"] == tracker.stats.sent == 3
+
+
 def test_import_voyado_tracking_never_imports_opentelemetry() -> None:
     code = ("import sys, voyado_tracking\n"
             "print(any(m.startswith('opentelemetry') for m in sys.modules))")

@@ -141,6 +141,7 @@ class Tracker:
         self._runtime: _Runtime | None = None
         self._closed = False
         self._start_lock = threading.Lock()
+        self._sink_hooks: list[Callable[[Any], None]] = []  # vt.instrument's
         hooks.register(self)
 
     def __repr__(self) -> str:
@@ -392,7 +393,16 @@ class Tracker:
                 client, settings, on_drop=self._on_drop, on_dead_letter=self._on_dead_letter,
                 spool_path=self._spool_path, journal=self.journal,
             )
+        for hook in self._sink_hooks:
+            hook(runtime.sink)
         runtime.sink._ensure_running()
+
+    def _follow_sinks(self, hook: Callable[[Any], None]) -> None:
+        """For ``vt.instrument``: ``hook(sink)`` on the loop, now and for each new sink."""
+        self._sink_hooks.append(hook)
+        runtime = self._runtime
+        if runtime is not None and (sink := runtime.sink) is not None:
+            runtime.thread.run(lambda: hook(sink), 5.0)
 
     def _forked(self) -> None:
         """In a forked child: let go of the parent's runtime without calling it."""
